@@ -56,8 +56,10 @@ export interface ModelConfig {
   readonly ropeScaling: RopeScaling | null;
   /** Whether the LM head reuses the token embedding matrix. */
   readonly tieWordEmbeddings: boolean;
-  /** Llama family: q/k/v projections carry biases (Qwen2). GPT-2 always has them. */
+  /** q/k/v projections carry biases (GPT-2 always; Llama with `attention_bias`; Qwen2 always). */
   readonly attentionBias: boolean;
+  /** The attention output projection carries a bias (GPT-2 always; Llama with `attention_bias`; never Qwen2). */
+  readonly outputProjectionBias: boolean;
   /** Llama family: MLP projections carry biases. */
   readonly mlpBias: boolean;
   readonly bosTokenId: number | null;
@@ -185,6 +187,7 @@ export function parseModelConfig(raw: unknown, source = 'config.json'): ModelCon
       ropeScaling: null,
       tieWordEmbeddings: c.tie_word_embeddings,
       attentionBias: true,
+      outputProjectionBias: true,
       mlpBias: true,
       bosTokenId: c.bos_token_id ?? null,
       eosTokenIds: idList(c.eos_token_id),
@@ -218,7 +221,8 @@ export function parseModelConfig(raw: unknown, source = 'config.json'): ModelCon
     ropeTheta: c.rope_theta,
     ropeScaling: parseRopeScaling(c.rope_scaling),
     tieWordEmbeddings: c.tie_word_embeddings,
-    attentionBias: c.attention_bias ?? modelType === 'qwen2',
+    attentionBias: modelType === 'qwen2' ? true : (c.attention_bias ?? false),
+    outputProjectionBias: modelType === 'qwen2' ? false : (c.attention_bias ?? false),
     mlpBias: c.mlp_bias,
     bosTokenId: c.bos_token_id ?? null,
     eosTokenIds: idList(c.eos_token_id),

@@ -1,0 +1,177 @@
+/**
+ * The decoder skeleton shared by every family: embeddings, L blocks of
+ * `x + attention(norm(x))` then `x + mlp(norm(x))`, final norm, LM head. Attention carries the
+ * inducer-tuning hook; module parameters are graph inputs stacked over slots, and `slot_ids`
+ * picks each row's module. One graph serves prefill (past = 0) and cached decoding.
+ * @module
+ */
+import { GraphBuilder } from '../graph/builder.js';
+import type { Graph, Value } from '../graph/ir.js';
+import { inducerGate, inducerValue, loraQueryDelta, type LayerModuleParams } from '../tuning/inducer-graph.js';
+import type { ModelConfig } from './config.js';
+import type { DecoderFamily } from './families/family.js';
+import { gpt2Family } from './families/gpt2.js';
+import { llamaFamily } from './families/llama.js';
+import { applyRotary } from './families/rope.js';
+import { DIM, INPUT, MODULE_INPUT, OUTPUT_LOGITS, pastKey, pastValue, presentKey, presentValue } from './graph-io.js';
+import type { HostTensor } from './tensor.js';
+import { WeightBank } from './weight-bank.js';
+
+/** Logit given to masked keys: finite, so a row with every key masked still gives a finite softmax. */
+export const MASKED_LOGIT = -1e9;
+
+export function familyOf(config: ModelConfig): DecoderFamily {
+  return config.family === 'gpt2' ? gpt2Family(config) : llamaFamily(config);
+}
+
+/** Module inputs gathered for the batch rows: each [B, L, ...]. */
+type StackedModule = Record<keyof typeof MODULE_INPUT, Value>;
+
+function declareModuleInputs(b: GraphBuilder, config: ModelConfig): StackedModule {
+  const { numLayers: L, numHeads: H, headDim: d, hiddenSize: D } = config;
+  const Dq = H * d;
+  const S = DIM.slots;
+  const shapes: Record<keyof typeof MODULE_INPUT, (string | number)[]> = {
+    keyDownWeight: [S, L, H, d, DIM.keyRank],
+    keyDownBias: [S, L, H, DIM.keyRank],
+    keyUpWeight: [S, L, H, DIM.keyRank, d],
+    keyUpBias: [S, L, H, d],
+    valueDownWeight: [S, L, H, d, DIM.valueRank],
+    valueDownBias: [S, L, H, DIM.valueRank],
+    valueUpWeight: [S, L, H, DIM.valueRank, D],
+    valueUpBias: [S, L, D],
+    loraA: [S, L, DIM.loraRank, D],
+    loraB: [S, L, Dq, DIM.loraRank],
+    loraBias: [S, L, Dq],
+    loraScale: [S],
+  };
+  return Object.fromEntries(
+    (Object.keys(MODULE_INPUT) as (keyof typeof MODULE_INPUT)[]).map((key) => [key, b.input(MODULE_INPUT[key], 'float32', shapes[key])]),
+  ) as StackedModule;
+}
+
+function gatherRows(b: GraphBuilder, stacked: StackedModule, slotIds: Value): StackedModule {
+  return Object.fromEntries(Object.entries(stacked).map(([key, value]) => [key, b.gather(value, slotIds, 0)])) as StackedModule;
+}
+
+function layerParams(b: GraphBuilder, rows: StackedModule, layer: number): LayerModuleParams {
+  const index = b.constInt([layer], []);
+  const pick = (v: Value): Value => b.gather(v, index, 1);
+  return {
+    keyDownWeight: pick(rows.keyDownWeight),
+    keyDownBias: pick(rows.keyDownBias),
+    keyUpWeight: pick(rows.keyUpWeight),
+    keyUpBias: pick(rows.keyUpBias),
+    valueDownWeight: pick(rows.valueDownWeight),
+    valueDownBias: pick(rows.valueDownBias),
+    valueUpWeight: pick(rows.valueUpWeight),
+    valueUpBias: pick(rows.valueUpBias),
+    loraA: pick(rows.loraA),
+    loraB: pick(rows.loraB),
+    loraBias: pick(rows.loraBias),
+    loraScale: rows.loraScale,
+  };
+}
+
+/**
+ * Boolean mask [B, 1, N, M]: key j is visible to new token i when j <= past + i (causal) and
+ * attention_mask[b, j] is 1.
+ */
+function visibilityMask(b: GraphBuilder, inputIds: Value, attentionMask: Value): Value {
+  const total = b.squeeze(b.shapeOf(attentionMask, 1), [0]);
+  const seq = b.squeeze(b.shapeOf(inputIds, 1), [0]);
+  const past = b.sub(total, seq);
+  const one = b.constInt([1], []);
+  const keyIndex = b.range(b.constInt([0], []), total, one, DIM.total); // [M]
+  const queryIndex = b.range(past, total, one, DIM.seq); // [N]
+  const causal = b.lessOrEqual(b.unsqueeze(keyIndex, [0]), b.unsqueeze(queryIndex, [1])); // [N, M]
+  const present = b.unsqueeze(b.equal(attentionMask, b.constInt([1], [])), [1, 2]); // [B, 1, 1, M]
+  return b.and(causal, present); // [B, 1, N, M]
+}
+
+interface AttentionContext {
+  readonly config: ModelConfig;
+  readonly family: DecoderFamily;
+  readonly weights: WeightBank;
+  readonly visible: Value;
+  readonly rotary: { cos: Value; sin: Value } | null;
+}
+
+/** One attention sub-layer with the inducer hook; returns its output [B, N, D] (before the residual). */
+function attention(b: GraphBuilder, ctx: AttentionContext, layer: number, x: Value, module: LayerModuleParams): Value {
+  const { config, family, weights } = ctx;
+  const { numHeads: H, numKeyValueHeads: KVH, headDim: d } = config;
+  const groups = H / KVH;
+  const projections = family.project(b, weights, layer, x);
+  const query = b.add(projections.query, loraQueryDelta(b, x, module)); // [B, N, H*d]
+
+  let q = b.transpose(b.reshape(query, [0, 0, H, d]), [0, 2, 1, 3]); // [B, H, N, d]
+  let k = b.transpose(b.reshape(projections.key, [0, 0, KVH, d]), [0, 2, 1, 3]); // [B, KVH, N, d]
+  const v = b.transpose(b.reshape(projections.value, [0, 0, KVH, d]), [0, 2, 1, 3]); // [B, KVH, N, d]
+  if (ctx.rotary) {
+    q = applyRotary(b, q, ctx.rotary, d);
+    k = applyRotary(b, k, ctx.rotary, d);
+  }
+
+  const pastK = b.input(pastKey(layer), 'float32', [DIM.batch, KVH, DIM.past, d]);
+  const pastV = b.input(pastValue(layer), 'float32', [DIM.batch, KVH, DIM.past, d]);
+  const keys = b.concat([pastK, k], 2, DIM.total); // [B, KVH, M, d]
+  const values = b.concat([pastV, v], 2, DIM.total); // [B, KVH, M, d]
+  b.output(keys, presentKey(layer));
+  b.output(values, presentValue(layer));
+
+  // Grouped-query attention: query heads are grouped under their key/value head, [B, KVH, G, N, d].
+  const grouped = groups === 1 ? q : b.reshape(q, [0, KVH, groups, -1, d]);
+  const keysT = b.transpose(keys, [0, 1, 3, 2]); // [B, KVH, d, M]
+  const keysForGroups = groups === 1 ? keysT : b.unsqueeze(keysT, [2]); // [B, KVH, 1, d, M]
+  const valuesForGroups = groups === 1 ? values : b.unsqueeze(values, [2]); // [B, KVH, 1, M, d]
+  const visible = groups === 1 ? ctx.visible : b.unsqueeze(ctx.visible, [1]); // [B, 1, (1,) N, M]
+
+  const scores = b.mul(b.matMul(grouped, keysForGroups), b.constFloat([1 / Math.sqrt(d)], [])); // [B, KVH, (G,) N, M]
+  const masked = b.where(visible, scores, b.constFloat([MASKED_LOGIT], []));
+  const rowMax = b.reduceMax(masked, [-1]);
+  const exps = b.exp(b.sub(masked, rowMax));
+  const rowSum = b.reduceSum(exps, [-1]);
+  const probabilities = b.div(exps, rowSum);
+  const logSumExp = b.add(rowMax, b.log(rowSum)); // [B, KVH, (G,) N, 1]
+
+  const context = b.matMul(probabilities, valuesForGroups); // [B, KVH, (G,) N, d]
+  const perHead = groups === 1 ? context : b.reshape(context, [0, H, -1, d]); // [B, H, N, d]
+  const merged = b.reshape(b.transpose(perHead, [0, 2, 1, 3]), [0, 0, H * d]); // [B, N, H*d]
+  const output = family.outputProjection(b, weights, layer, merged); // [B, N, D]
+
+  const lse = groups === 1 ? logSumExp : b.reshape(logSumExp, [0, H, -1, 1]); // [B, H, N, 1]
+  const gate = inducerGate(b, q, lse, module, d); // [B, H, N, 1]
+  return b.add(output, inducerValue(b, q, gate, module));
+}
+
+/** Builds the decoder graph for a checkpoint. Weights become initializers (not copied, except transposes). */
+export function buildDecoderGraph(config: ModelConfig, weights: ReadonlyMap<string, HostTensor>): Graph {
+  const b = new GraphBuilder(`${config.modelType}-decoder`);
+  const family = familyOf(config);
+  const bank = new WeightBank(b, weights);
+
+  const inputIds = b.input(INPUT.inputIds, 'int64', [DIM.batch, DIM.seq]);
+  const positionIds = b.input(INPUT.positionIds, 'int64', [DIM.batch, DIM.seq]);
+  const attentionMask = b.input(INPUT.attentionMask, 'int64', [DIM.batch, DIM.total]);
+  const logitsIndices = b.input(INPUT.logitsIndices, 'int64', [DIM.logitRows]);
+  const slotIds = b.input(INPUT.slotIds, 'int64', [DIM.batch]);
+  const moduleRows = gatherRows(b, declareModuleInputs(b, config), slotIds);
+
+  const visible = visibilityMask(b, inputIds, attentionMask);
+  const rotary = family.rotaryTables(b, positionIds);
+  const ctx: AttentionContext = { config, family, weights: bank, visible, rotary };
+
+  let hidden = family.embed(b, bank, inputIds, positionIds); // [B, N, D]
+  for (let layer = 0; layer < config.numLayers; layer++) {
+    hidden = b.within(`layer${layer}`, () => {
+      const params = layerParams(b, moduleRows, layer);
+      const attended = b.add(hidden, attention(b, ctx, layer, family.attentionNorm(b, bank, layer, hidden), params));
+      return b.add(attended, family.mlp(b, bank, layer, family.mlpNorm(b, bank, layer, attended)));
+    });
+  }
+  const normalized = family.finalNorm(b, bank, hidden);
+  const rows = b.gather(b.reshape(normalized, [-1, config.hiddenSize]), logitsIndices, 0); // [R, D]
+  b.output(b.gemm(rows, family.headWeight(bank), { transB: true }), OUTPUT_LOGITS); // [R, V]
+  return b.build();
+}

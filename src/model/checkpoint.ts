@@ -10,7 +10,7 @@ import { loadModelConfig, type ModelConfig } from './config.js';
 import { readSafetensorsFile } from './safetensors.js';
 import { formatShape, type HostTensor } from './tensor.js';
 
-/** Error for a checkpoint folder that cannot be loaded; the message names the file and the fix. */
+/** Error for a checkpoint folder that cannot be loaded. The message names the file and the fix. */
 export class CheckpointError extends Error {
   override readonly name = 'CheckpointError';
 }
@@ -22,7 +22,7 @@ export interface Checkpoint {
   readonly config: ModelConfig;
   /**
    * Canonical tensor names to float32 tensors, in the order of {@link expectedTensorShapes}.
-   * GPT-2 names have no `transformer.` prefix; Llama names are the Hugging Face names.
+   * GPT-2 names have no `transformer.` prefix, and Llama names are the Hugging Face names.
    */
   readonly weights: ReadonlyMap<string, HostTensor>;
   /** Absolute paths of the safetensors files read, sorted. */
@@ -49,7 +49,7 @@ interface StoredTensor {
 
 /**
  * Returns the tensor names and shapes that the config's family needs, in a stable order.
- * GPT-2 Conv1D weights are `[in, out]`; Llama linear weights are `[out, in]` as PyTorch stores them.
+ * GPT-2 Conv1D weights are `[in, out]`, and Llama linear weights are `[out, in]` as PyTorch stores them.
  */
 export function expectedTensorShapes(config: ModelConfig): Map<string, number[]> {
   return config.family === 'gpt2' ? gpt2TensorShapes(config) : llamaTensorShapes(config);
@@ -99,6 +99,7 @@ function llamaTensorShapes(config: ModelConfig): Map<string, number[]> {
       shapes.set(`${layer}.self_attn.v_proj.bias`, [keyValueWidth]);
     }
     shapes.set(`${layer}.self_attn.o_proj.weight`, [D, queryWidth]);
+    if (config.outputProjectionBias) shapes.set(`${layer}.self_attn.o_proj.bias`, [D]);
     shapes.set(`${layer}.post_attention_layernorm.weight`, [D]);
     shapes.set(`${layer}.mlp.gate_proj.weight`, [I, D]);
     shapes.set(`${layer}.mlp.up_proj.weight`, [I, D]);
@@ -114,7 +115,7 @@ function llamaTensorShapes(config: ModelConfig): Map<string, number[]> {
   return shapes;
 }
 
-/** Whether a stored name is a non-parameter buffer that older exports include. */
+/** Tests whether a stored name is a non-parameter buffer, which older exports include. */
 function isBuffer(config: ModelConfig, name: string): boolean {
   if (config.family === 'gpt2') return /^(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)$/.test(name);
   return name.endsWith('.rotary_emb.inv_freq');
@@ -190,7 +191,7 @@ function formatFileList(fileNames: readonly string[]): string {
   return fileNames.length === 0 ? 'no files' : fileNames.join(', ');
 }
 
-/** Reads safetensors files into one map keyed by stored name; a name in two files is an error. */
+/** Reads safetensors files into one map keyed by stored name. A name found in two files is an error. */
 async function readWeightFiles(files: readonly string[]): Promise<Map<string, StoredTensor>> {
   const stored = new Map<string, StoredTensor>();
   for (const file of files) {
@@ -208,7 +209,7 @@ async function readWeightFiles(files: readonly string[]): Promise<Map<string, St
   return stored;
 }
 
-/** Reads `model.safetensors.index.json`, checks that every shard exists and holds its tensors. */
+/** Reads `model.safetensors.index.json` and its shards, checking that every shard exists and contains its tensors. */
 async function readShardedWeights(folder: string): Promise<{ stored: Map<string, StoredTensor>; weightFiles: string[] }> {
   const indexFile = path.join(folder, INDEX_FILE);
   const weightMap = await readWeightMap(indexFile);
@@ -321,25 +322,9 @@ function selectWeights(
   const ignoredTensors: string[] = [];
   for (const [name, entry] of byCanonicalName) {
     if (expected.has(name)) continue;
-    rejectUnsupportedParameter(config, name, entry.file);
     ignoredTensors.push(entry.storedName);
   }
   return { weights, ignoredTensors: ignoredTensors.sort() };
-}
-
-/**
- * Throws for a parameter that changes the model's output but that the decoder has no place for:
- * Hugging Face `LlamaAttention` gives `o_proj` a bias when `attention_bias` is true, but the decoder
- * applies attention biases to q/k/v only (the Qwen2 layout). Ignoring it would silently give
- * wrong logits.
- */
-function rejectUnsupportedParameter(config: ModelConfig, name: string, file: string): void {
-  if (config.family === 'llama' && /^model\.layers\.\d+\.self_attn\.o_proj\.bias$/.test(name)) {
-    throw new CheckpointError(
-      `${file}: tensor "${name}" is an o_proj bias, which this server's decoder does not support; ` +
-        'use a checkpoint without output-projection biases',
-    );
-  }
 }
 
 function sameShape(actual: readonly number[], expected: readonly number[]): boolean {

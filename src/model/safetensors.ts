@@ -97,6 +97,9 @@ function parseHeader(bytes: Uint8Array, source: string): { entries: Map<string, 
       metadata = Object.fromEntries(Object.entries(value as Record<string, unknown>).map(([k, v]) => [k, String(v)]));
       continue;
     }
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      throw new SafetensorsError(`${source}: tensor "${name}" must be an object with dtype, shape and data_offsets`);
+    }
     const entry = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (entry.dtype !== 'F32' && entry.dtype !== 'F16' && entry.dtype !== 'BF16') {
       throw new SafetensorsError(

@@ -29,7 +29,7 @@ export interface TextTokenizer {
   /**
    * Decodes token ids to text. With `skipSpecialTokens` (default true) special tokens such as BOS
    * and EOS are left out. Ids that the vocabulary does not contain (for example rows of an
-   * embedding matrix padded beyond the vocabulary) decode to nothing, as in Hugging Face tokenizers.
+   * embedding matrix padded beyond the vocabulary) decode to nothing.
    * @throws TokenizerError for an id that is not a non-negative integer.
    */
   decode(ids: readonly number[], options?: { skipSpecialTokens?: boolean }): string;
@@ -43,7 +43,7 @@ export interface TextTokenizer {
   tokenToId(token: string): number | undefined;
 }
 
-/** The JSON object of tokenizer_config.json; every field is optional. */
+/** The JSON object of tokenizer_config.json, in which every field is optional. */
 type TokenizerConfigJson = Record<string, unknown>;
 
 /** Token that byte-level BPE vocabularies such as GPT-2's use for end of text. */
@@ -113,8 +113,8 @@ async function readJsonObject(file: string): Promise<Record<string, unknown>> {
 }
 
 /**
- * Fills fields that the Rust `tokenizers` crate may leave out but that the JS library requires
- * (it rejects a definition without the pipeline keys and iterates `added_tokens`).
+ * Fills fields that a tokenizer.json may leave out but that the JS library requires: it rejects a
+ * definition without the four pipeline keys and iterates `added_tokens`.
  */
 function completeDefinition(definition: Record<string, unknown>): Record<string, unknown> {
   const completed: Record<string, unknown> = { ...definition };
@@ -126,9 +126,11 @@ function completeDefinition(definition: Record<string, unknown>): Record<string,
 }
 
 /**
- * Builds the byte-level BPE `tokenizer.json` object that Hugging Face would save for a GPT-2 style
- * `vocab.json` + `merges.txt` pair. `<|endoftext|>` and the special tokens that
- * tokenizer_config.json names become special added tokens when the vocabulary contains them.
+ * Builds a byte-level BPE `tokenizer.json` object for a GPT-2 style `vocab.json` + `merges.txt` pair:
+ * ByteLevel pre-tokenizer (prefix space only when tokenizer_config.json sets add_prefix_space), BPE
+ * without an unknown token, ByteLevel decoder, and a post-processor that adds nothing.
+ * `<|endoftext|>` and the special tokens that tokenizer_config.json names become special added
+ * tokens when the vocabulary contains them.
  *
  * NOTE: `added_tokens.json` and `special_tokens_map.json` of slow-tokenizer folders are not read.
  */
@@ -228,18 +230,21 @@ class HfTextTokenizer implements TextTokenizer {
     const tokenizerBosId = this.idOfConfigToken(tokenizerConfig.bos_token);
     this.bosTokenId = config.bosTokenId ?? tokenizerBosId;
     const tokenizerEosId = this.idOfConfigToken(tokenizerConfig.eos_token);
-    this.eosTokenIds = config.eosTokenIds.length > 0 ? [...config.eosTokenIds] : tokenizerEosId === null ? [] : [tokenizerEosId];
+    if (config.eosTokenIds.length > 0) this.eosTokenIds = [...config.eosTokenIds];
+    else if (tokenizerEosId !== null) this.eosTokenIds = [tokenizerEosId];
+    else this.eosTokenIds = [];
 
     // The post-processor adds BOS when encoding '' with special tokens yields the BOS id first.
     const bosId = tokenizerBosId ?? config.bosTokenId;
     const emptyIds = tokenizer.encode('', { add_special_tokens: true }).ids;
     this.postProcessorAddsBos = bosId !== null && emptyIds[0] === bosId;
-    // An explicit add_bos_token overrides the post-processor, as Hugging Face's Llama tokenizers do.
+    // An explicit add_bos_token overrides the post-processor, as transformers' LlamaTokenizerFast does
+    // when it rebuilds its post-processor. NOTE: add_eos_token is not applied.
     const addBos = typeof tokenizerConfig.add_bos_token === 'boolean' ? tokenizerConfig.add_bos_token : this.postProcessorAddsBos;
     this.addedBosId = addBos ? bosId : null;
 
-    // NOTE: the library cleans up spaces before punctuation by default, which makes decoding lossy;
-    // here cleanup runs only when tokenizer_config.json asks for it.
+    // The library removes spaces before punctuation by default, which makes decoding lossy, so the
+    // cleanup runs only when tokenizer_config.json sets clean_up_tokenization_spaces to true.
     this.cleanUpTokenizationSpaces = tokenizerConfig.clean_up_tokenization_spaces === true;
   }
 

@@ -1,9 +1,8 @@
 /**
  * Seeded pseudo-random numbers for sampling: xoshiro128** (Blackman and Vigna, "Scrambled linear
- * pseudorandom number generators", 2018, https://prng.di.unimi.it/xoshiro128starstar.c) with its
- * 128-bit state filled from two outputs of SplitMix64, the seeding that the same authors
- * recommend. All state updates use 32-bit integer operations, so a seed gives the same sequence
- * on every platform and Node.js version.
+ * pseudorandom number generators", 2018). Its 128-bit state is filled from two outputs of
+ * SplitMix64, the seeding that the same authors recommend. All state updates use 32-bit integer
+ * operations, so a seed gives the same sequence on every platform and Node.js version.
  * @module
  */
 
@@ -25,7 +24,7 @@ export class RngSeedError extends Error {
 const MASK_64 = (1n << 64n) - 1n;
 const SPLITMIX64_GAMMA = 0x9e3779b97f4a7c15n;
 
-/** Advances a SplitMix64 state by one step; returns the new state and the 64-bit output. */
+/** Advances a SplitMix64 state by one step and returns the new state with its 64-bit output. */
 function splitMix64(state: bigint): { state: bigint; output: bigint } {
   const next = (state + SPLITMIX64_GAMMA) & MASK_64;
   let z = next;
@@ -35,11 +34,14 @@ function splitMix64(state: bigint): { state: bigint; output: bigint } {
   return { state: next, output: z };
 }
 
-/** Computes the four 32-bit xoshiro128** state words for a seed, low word of each SplitMix64 output first. */
+/**
+ * Computes the four 32-bit xoshiro128** state words for a seed from two SplitMix64 outputs, low
+ * word of each output first. Throws {@link RngSeedError} unless the seed is an integer in [0, 2^53 - 1].
+ */
 export function seedXoshiro128(seed: number): Uint32Array {
   if (!Number.isSafeInteger(seed) || seed < 0) {
     throw new RngSeedError(
-      `invalid RNG seed ${seed}: expected an integer in [0, ${Number.MAX_SAFE_INTEGER}]; pass a non-negative whole number`,
+      `invalid RNG seed ${seed}: expected an integer from 0 to ${Number.MAX_SAFE_INTEGER} (Number.MAX_SAFE_INTEGER)`,
     );
   }
   const first = splitMix64(BigInt(seed));
@@ -50,8 +52,8 @@ export function seedXoshiro128(seed: number): Uint32Array {
     Number(second.output & 0xffffffffn),
     Number(second.output >> 32n),
   ]);
-  // xoshiro must not start from the all-zero state, because it would stay there.
-  // NOTE: no seed in range is known to produce it; the guard only keeps the generator valid.
+  // xoshiro would output zeros forever from the all-zero state. No seed is known to produce
+  // that state, so this guard only keeps the generator valid in theory.
   if ((words[0] | words[1] | words[2] | words[3]) === 0) words[0] = 1;
   return words;
 }
@@ -61,7 +63,7 @@ const TWO_POW_MINUS_53 = 1 / 9007199254740992;
 
 class Xoshiro128StarStar implements Rng {
   private readonly state: Uint32Array;
-  /** Second Box-Muller output, returned by the next `nextNormal` call; null when none is cached. */
+  /** Second Box-Muller output, returned by the next `nextNormal` call, or null when none is cached. */
   private spareNormal: number | null = null;
 
   constructor(seed: number) {

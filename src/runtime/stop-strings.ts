@@ -1,13 +1,13 @@
 /**
- * Stop strings on streamed text: finds the first occurrence of any stop string across chunk
- * boundaries, and holds back the tail of the stream while it could still be the start of one, so
- * that no part of a stop string reaches the client.
+ * Stop strings on streamed text. The matcher finds the first occurrence of any stop string across
+ * chunk boundaries. It holds back the tail of the stream while that could still be the start of
+ * one, so no part of a stop string reaches the client.
  * @module
  */
 
 /** Result of feeding one chunk of text. */
 export interface StopStringPushResult {
-  /** Text that is safe to send now; empty while everything new is held back. */
+  /** Text that is safe to send now, or '' while everything new is held back. */
   emit: string;
   /** Whether a stop string was found. The stop string and everything after it are dropped. */
   stopped: boolean;

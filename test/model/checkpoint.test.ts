@@ -80,8 +80,9 @@ function llamaShapes(options: { biases?: boolean } = {}): [string, number[]][] {
         [`${layer}.self_attn.v_proj.bias`, [4]],
       );
     }
+    shapes.push([`${layer}.self_attn.o_proj.weight`, [8, 8]]);
+    if (options.biases) shapes.push([`${layer}.self_attn.o_proj.bias`, [8]]);
     shapes.push(
-      [`${layer}.self_attn.o_proj.weight`, [8, 8]],
       [`${layer}.post_attention_layernorm.weight`, [8]],
       [`${layer}.mlp.gate_proj.weight`, [12, 8]],
       [`${layer}.mlp.up_proj.weight`, [12, 8]],
@@ -167,7 +168,7 @@ async function writeSingleFile(
   });
 }
 
-/** Writes a two-shard checkpoint; `firstShardNames` go to shard 1 and the rest to shard 2. */
+/** Writes a two-shard checkpoint with `firstShardNames` in shard 1 and the other tensors in shard 2. */
 async function writeSharded(
   config: object,
   tensors: ReadonlyMap<string, HostTensor>,
@@ -347,8 +348,8 @@ describe('loadCheckpoint Llama', () => {
 
     const checkpoint = await loadCheckpoint(dir);
     assertWeightsEqual(checkpoint.weights, tensors);
-    // Biases: 2 layers * (q 8 + k 4 + v 4 + gate 12 + up 12 + down 8).
-    assert.equal(checkpoint.parameterCount, LLAMA_PARAMETER_COUNT + 2 * 48);
+    // Biases: 2 layers * (q 8 + k 4 + v 4 + o 8 + gate 12 + up 12 + down 8).
+    assert.equal(checkpoint.parameterCount, LLAMA_PARAMETER_COUNT + 2 * 56);
   });
 
   it('tied head ignores a stored lm_head', async () => {
@@ -519,10 +520,16 @@ describe('loadCheckpoint errors', () => {
     await assertCheckpointError(loadCheckpoint(dir), ['"model.embed_tokens.weight"', shards[0], shards[1]]);
   });
 
-  it('o_proj bias is rejected', async () => {
-    const tensors = randomTensors(llamaShapes(), 21);
-    tensors.set('model.layers.0.self_attn.o_proj.bias', floatTensor([8]));
-    const dir = await writeSingleFile(LLAMA_CONFIG, tensors);
-    await assertCheckpointError(loadCheckpoint(dir), ['"model.layers.0.self_attn.o_proj.bias"', 'not support']);
+  it('missing o_proj bias is named', async () => {
+    const tensors = randomTensors(llamaShapes({ biases: true }), 21);
+    tensors.delete('model.layers.0.self_attn.o_proj.bias');
+    const dir = await writeSingleFile({ ...LLAMA_CONFIG, attention_bias: true, mlp_bias: true }, tensors);
+    await assertCheckpointError(loadCheckpoint(dir), ['"model.layers.0.self_attn.o_proj.bias"']);
+  });
+
+  it('Qwen2 has q/k/v biases but no o_proj bias', () => {
+    const shapes = expectedTensorShapes(parseModelConfig({ ...LLAMA_CONFIG, model_type: 'qwen2' }));
+    assert.ok(shapes.has('model.layers.0.self_attn.q_proj.bias'));
+    assert.ok(!shapes.has('model.layers.0.self_attn.o_proj.bias'));
   });
 });

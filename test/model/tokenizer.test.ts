@@ -9,7 +9,7 @@ import { loadTokenizer, TokenizerError, type TextTokenizer } from '../../src/mod
 const STORIES_DIR = '/work/shared/models/stories260k';
 const STORIES_PROMPT = 'Once upon a time, there was a little girl named Lily.';
 const STORIES_PROMPT_IDS = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426];
-// The greedy 60-token continuation from BOS that the model folder's README documents.
+// Greedy decoding of 60 tokens from BOS alone, as llama2.c's run.c produces it on the original weights.
 const STORIES_GREEDY_TEXT =
   'Once upon a time, there was a little girl named Lily. She loved to play outside in the park. ' +
   'One day, she saw a big, red ball. She wanted to play with it, but it was too high';
@@ -212,7 +212,7 @@ describe('loadTokenizer vocab.json and merges.txt', () => {
   });
 
   it('applies merges by rank', () => {
-    // 'hello' -> h e l l o -> he l l o -> he ll o -> hell o; ' world' -> Ġw o r l d.
+    // 'hello' -> h e l l o -> he l l o -> he ll o -> hell o, and ' world' -> Ġw o r l d.
     const o = 'o'.charCodeAt(0);
     assert.deepEqual(tokenizer.encode('hello world'), [HELL, o, SPACE_W, o, ...byteIds('rld')]);
   });
@@ -230,7 +230,7 @@ describe('loadTokenizer vocab.json and merges.txt', () => {
   });
 
   it('falls back to bytes for non-ASCII text', () => {
-    // 'é' is C3 A9 in UTF-8; the space before it is a separate byte 0x20 in the same pre-token.
+    // 'é' is C3 A9 in UTF-8. The space before it is byte 0x20 of the same pre-token, with no merge.
     assert.deepEqual(tokenizer.encode('é'), [0xc3, 0xa9]);
     assert.deepEqual(tokenizer.encode('a é'), [0x61, 0x20, 0xc3, 0xa9]);
     assert.deepEqual(tokenizer.encode('😀'), [0xf0, 0x9f, 0x98, 0x80]);

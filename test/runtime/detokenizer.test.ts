@@ -60,7 +60,7 @@ describe('IncrementalDetokenizer with a byte-level decoder', () => {
     const detokenizer = new IncrementalDetokenizer(decodeBytes);
     assert.deepEqual(pushAll(detokenizer, ids), ['a', '', '']);
     const rest = detokenizer.flush();
-    assert.ok(rest.length > 0 && rest.endsWith('\uFFFD'), `rest ${JSON.stringify(rest)}`);
+    assert.ok(rest.endsWith('\uFFFD'), `rest ${JSON.stringify(rest)}`);
     assert.equal('a' + rest, decodeBytes(ids));
     assert.equal(detokenizer.flush(), '');
   });
@@ -112,8 +112,18 @@ describe('IncrementalDetokenizer with the stories260k tokenizer', () => {
     assert.equal(chunks[2], ' upon');
   });
 
+  it('joins pushes for the README greedy continuation', () => {
+    const text =
+      'Once upon a time, there was a little girl named Lily. She loved to play outside in the park. ' +
+      'One day, she saw a big, red ball. She wanted to play with it, but it was too high';
+    const ids = tokenizer.encode(text).ids;
+    const detokenizer = new IncrementalDetokenizer(decode);
+    const output = pushAll(detokenizer, ids).join('') + detokenizer.flush();
+    assert.equal(output, text);
+  });
+
   it('continues a prompt with spaces intact', () => {
-    // Prompt "Once upon a time"; the generated part is ", there was a little girl named Lily."
+    // Prompt "Once upon a time", so the generated part is ", there was a little girl named Lily."
     const promptIds = sentenceIds.slice(0, 5);
     const detokenizer = new IncrementalDetokenizer(decode, promptIds);
     const chunks = pushAll(detokenizer, sentenceIds.slice(5));

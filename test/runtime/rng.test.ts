@@ -50,7 +50,7 @@ function referenceStateForSeed(seed: number): bigint[] {
 describe('seedXoshiro128', () => {
   it('matches published SplitMix64 outputs for seed 0', () => {
     // The first two SplitMix64 outputs from state 0 are 0xe220a8397b1dcdaf and 0x6e789e6aa1b965f4
-    // (the widely reproduced reference values of Vigna's splitmix64.c).
+    // (reference outputs of splitmix64.c by Sebastiano Vigna, reproduced in many test suites).
     const words = seedXoshiro128(0);
     assert.equal(words[0], 0x7b1dcdaf);
     assert.equal(words[1], 0xe220a839);
@@ -118,7 +118,8 @@ describe('createRng nextFloat', () => {
     let sumSquares = 0;
     for (let i = 0; i < count; i++) {
       const u = rng.nextFloat();
-      assert.ok(u >= 0 && u < 1, `sample ${u} outside [0, 1)`);
+      assert.ok(u >= 0, `sample ${u} below 0`);
+      assert.ok(u < 1, `sample ${u} not below 1`);
       sum += u;
       sumSquares += u * u;
       bins[Math.floor(u * numBins)]++;
@@ -150,7 +151,7 @@ describe('createRng nextNormal', () => {
       if (Math.abs(z) < 1) withinOne++;
     }
     // Standard errors: mean ~0.0022, variance ~0.0032, fourth moment (variance 96) ~0.022,
-    // fraction within one sigma ~0.001; each bound is 5-7 standard errors.
+    // fraction within one sigma ~0.001. Each bound is 5-7 standard errors.
     assert.ok(Math.abs(sum / count) < 0.015, `mean ${sum / count}`);
     assert.ok(Math.abs(sumSquares / count - 1) < 0.02, `variance ${sumSquares / count}`);
     assert.ok(Math.abs(sumFourth / count - 3) < 0.15, `fourth moment ${sumFourth / count}`);
@@ -162,7 +163,8 @@ describe('randomSeed', () => {
   it('returns valid seeds', () => {
     for (let i = 0; i < 1000; i++) {
       const seed = randomSeed();
-      assert.ok(Number.isSafeInteger(seed) && seed >= 0, `seed ${seed}`);
+      assert.ok(Number.isSafeInteger(seed), `seed ${seed}`);
+      assert.ok(seed >= 0, `seed ${seed}`);
     }
   });
 });

@@ -50,7 +50,7 @@ function drawFrequencies(params: SamplingParams, logits: Float32Array, numDraws:
 
 /**
  * Asserts that each empirical frequency is within 5 standard errors, sqrt(p (1 - p) / n), of the
- * expected probability; a token with probability 0 must never be drawn.
+ * expected probability. A token with probability 0 must never be drawn.
  */
 function assertFrequencies(frequencies: number[], expected: number[], numDraws: number): void {
   assert.equal(frequencies.length, expected.length);
@@ -220,6 +220,12 @@ describe('Sampler greedy', () => {
     }
   });
 
+  it('treats a subnormal temperature as greedy', () => {
+    const logits = new Float32Array([0.5, 2, -1, 2]);
+    const sampler = new Sampler({ temperature: 1e-320, topK: 0, topP: 1, seed: 1 });
+    for (let i = 0; i < 20; i++) assert.equal(sampler.sample(logits).tokenId, 1);
+  });
+
   it('rejects NaN logits', () => {
     assert.throws(() => new Sampler(GREEDY).sample(new Float32Array([0, Number.NaN])), LogitsError);
   });
@@ -249,7 +255,7 @@ describe('Sampler draw frequencies', () => {
   });
 
   it('keeps the smallest nucleus reaching top_p', () => {
-    // Probabilities 0.1, 0.2, 0.3, 0.4; ids 3 and 2 hold 0.7 >= 0.6.
+    // Probabilities 0.1, 0.2, 0.3, 0.4. Ids 3 and 2 have 0.7 >= 0.6.
     const logits = Float32Array.from([1, 2, 3, 4], Math.log);
     const frequencies = drawFrequencies({ temperature: 1, topK: 0, topP: 0.6, seed: 4 }, logits, numDraws);
     assertFrequencies(frequencies, [0, 0, 3 / 7, 4 / 7], numDraws);
@@ -355,7 +361,8 @@ describe('Sampler determinism', () => {
   it('reproduces a random seed through the seed field', () => {
     const logits = new Float32Array(1000);
     const unseeded = new Sampler({ temperature: 1, topK: 0, topP: 1, seed: null });
-    assert.ok(Number.isSafeInteger(unseeded.seed) && unseeded.seed >= 0);
+    assert.ok(Number.isSafeInteger(unseeded.seed), `seed ${unseeded.seed}`);
+    assert.ok(unseeded.seed >= 0, `seed ${unseeded.seed}`);
     const replay = new Sampler({ temperature: 1, topK: 0, topP: 1, seed: unseeded.seed });
     for (let i = 0; i < 20; i++) assert.equal(unseeded.sample(logits).tokenId, replay.sample(logits).tokenId);
   });

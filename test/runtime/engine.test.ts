@@ -119,6 +119,47 @@ for (const family of FAMILIES) {
       }
     });
 
+    it('scores right-padded rows as each row alone', async () => {
+      const sequences = [tokenSequence(8, config.vocabSize, 21), tokenSequence(5, config.vocabSize, 22), tokenSequence(2, config.vocabSize, 23)];
+      const rowModules = [moduleB, moduleA, null];
+      const width = 8;
+      const slotIds = engine.slots.slotsFor(rowModules);
+      const out = await engine.forward({
+        inputIds: sequences.map((ids) => [...ids, ...new Array<number>(width - ids.length).fill(0)]),
+        positionIds: sequences.map(() => Array.from({ length: width }, (_, i) => i)),
+        attentionMask: sequences.map((ids) => Array.from({ length: width }, (_, i) => (i < ids.length ? 1 : 0))),
+        logitsIndices: sequences.flatMap((ids, r) => ids.slice(0, -1).map((_, i) => r * width + i)),
+        slotIds,
+        past: null,
+      });
+      let row = 0;
+      for (let r = 0; r < sequences.length; r++) {
+        const ids = sequences[r];
+        const alone = await scoreTokens(engine, ids, rowModules[r]);
+        const batched: number[] = [];
+        for (let i = 0; i + 1 < ids.length; i++, row++) {
+          const logits = Array.from(out.logits.subarray(row * out.vocabSize, (row + 1) * out.vocabSize));
+          const max = Math.max(...logits);
+          const logZ = max + Math.log(logits.reduce((sum, v) => sum + Math.exp(v - max), 0));
+          batched.push(logits[ids[i + 1]] - logZ);
+        }
+        assert.ok(maxAbsDifference(batched, alone) < TOLERANCE, `row ${r}: difference ${maxAbsDifference(batched, alone)}`);
+      }
+    });
+
+    it('loads the graph from external data with equal results', async () => {
+      const cacheDir = path.join(dir, 'graph-cache');
+      const external = await Engine.create(config, weights, { slotCapacity: 1, externalDataThresholdBytes: 1, cacheDir });
+      try {
+        const ids = tokenSequence(7, config.vocabSize, 24);
+        const inline = await scoreTokens(engine, ids, moduleA);
+        const fromFile = await scoreTokens(external, ids, moduleA);
+        assert.ok(maxAbsDifference(inline, fromFile) < 1e-6, `difference ${maxAbsDifference(inline, fromFile)}`);
+      } finally {
+        await external.dispose();
+      }
+    });
+
     it('decodes with the KV cache as full recomputation does', async () => {
       const prompt = tokenSequence(4, config.vocabSize, 9);
       for (const module of [null, moduleA]) {

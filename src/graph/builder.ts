@@ -107,7 +107,7 @@ export class GraphBuilder {
     return v;
   }
 
-  /** A float32 constant, deduplicated by value. */
+  /** Adds a float32 constant, or returns the existing one with the same value. */
   constFloat(values: readonly number[] | Float32Array, dims: readonly number[] = [values.length]): Value {
     const key = `f:${formatDims(dims)}:${Array.from(values).join(',')}`;
     const cached = this.constantCache.get(key);
@@ -117,7 +117,7 @@ export class GraphBuilder {
     return v;
   }
 
-  /** An int64 constant, deduplicated by value. */
+  /** Adds an int64 constant, or returns the existing one with the same value. */
   constInt(values: readonly number[], dims: readonly number[] = [values.length]): Value {
     const key = `i:${formatDims(dims)}:${values.join(',')}`;
     const cached = this.constantCache.get(key);
@@ -357,7 +357,7 @@ export class GraphBuilder {
     return this.emitOne('Gather', [data, indices], data.dtype, shape, { axis: { kind: 'int', value: a } });
   }
 
-  /** The runtime shape of `x` as an int64 vector (optionally one dim only, as a 1-element vector). */
+  /** Returns the runtime shape of `x` as an int64 vector, or one dim of it as a 1-element vector. */
   shapeOf(x: Value, dim?: number): Value {
     if (dim === undefined) return this.emitOne('Shape', [x], 'int64', [x.shape.length]);
     const a = normalizeAxis('Shape', dim, x.shape.length);

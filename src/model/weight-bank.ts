@@ -44,7 +44,7 @@ export class WeightBank {
     return t;
   }
 
-  /** The tensor as stored. */
+  /** Returns the tensor as stored. */
   param(name: string): Value {
     const cached = this.created.get(name);
     if (cached) return cached;
@@ -54,7 +54,7 @@ export class WeightBank {
     return v;
   }
 
-  /** A 2-D `[out, in]` tensor transposed to `[in, out]`. */
+  /** Returns a 2-D `[out, in]` tensor transposed to `[in, out]`. */
   transposed(name: string): Value {
     const key = `${name}:T`;
     const cached = this.created.get(key);

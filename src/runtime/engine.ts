@@ -114,7 +114,7 @@ export class Engine {
     return new Engine(config, slots, session, (performance.now() - started) / 1000);
   }
 
-  /** An empty cache for `batchSize` rows. */
+  /** Creates an empty cache for `batchSize` rows. */
   emptyCache(batchSize: number): KvCache {
     const { numLayers, numKeyValueHeads, headDim } = this.config;
     const empty = (): ort.Tensor => new ort.Tensor('float32', new Float32Array(0), [batchSize, numKeyValueHeads, 0, headDim]);

@@ -1,6 +1,6 @@
 /**
  * Batched generation and scoring on top of the engine. Prompts of different lengths are
- * left-padded into one batch; each row keeps its own positions, module slot and sampler, and a
+ * left-padded into one batch. Each row keeps its own positions, module slot and sampler, and a
  * row leaves the batch as soon as it finishes.
  * @module
  */
@@ -9,7 +9,7 @@ import { selectCacheRows } from './kv-cache.js';
 import { logSoftmax, Sampler, type SamplingParams } from './sampler.js';
 import type { SlotModule } from './slot-table.js';
 
-/** Why a sequence stopped. */
+/** Reason a sequence stopped. */
 export type FinishReason = 'length' | 'eos' | 'stop';
 
 export interface GenerationRequest {

@@ -17,7 +17,7 @@ function selectTensorRows(tensor: ort.Tensor, rows: readonly number[]): ort.Tens
   return new ort.Tensor('float32', out, [rows.length, heads, length, headDim]);
 }
 
-/** A cache holding only `rows` of `cache`, in that order. */
+/** Returns a cache with only `rows` of `cache`, in that order. */
 export function selectCacheRows(cache: KvCache, rows: readonly number[]): KvCache {
   return {
     keys: cache.keys.map((t) => selectTensorRows(t, rows)),

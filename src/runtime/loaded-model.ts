@@ -44,7 +44,7 @@ export async function loadModel(dir: string, options: EngineOptions = {}): Promi
 
 const slotModules = new WeakMap<TuningModule, SlotModule>();
 
-/** The slot-table view of a module; the same module object always maps to the same view. */
+/** Returns the slot-table view of a module; the same module object always gets the same view. */
 export function slotModuleOf(module: TuningModule): SlotModule {
   let view = slotModules.get(module);
   if (!view) {

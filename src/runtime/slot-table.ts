@@ -10,7 +10,7 @@ import type { ModelConfig } from '../model/config.js';
 import { MODULE_INPUT, type ModuleInputName } from '../model/graph-io.js';
 import type { HostTensor } from '../model/tensor.js';
 
-/** What the slot table needs of a module: its ranks and tensors named as in the module file. */
+/** The part of a module that the slot table uses: its ranks, and its tensors named as in the module file. */
 export interface SlotModule {
   readonly keyRank: number;
   readonly valueRank: number;

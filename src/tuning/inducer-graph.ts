@@ -47,8 +47,8 @@ export function loraQueryDelta(b: GraphBuilder, x: Value, p: LayerModuleParams):
 }
 
 /**
- * The gate lambda = sigmoid(<q, p_k>/sqrt(d) - lse), [B, H, N, 1].
- * `q` is [B, H, N, d] exactly as the attention logits use it; `lse` is [B, H, N, 1], the
+ * Computes the gate lambda = sigmoid(<q, p_k>/sqrt(d) - lse), [B, H, N, 1].
+ * `q` is [B, H, N, d] exactly as the attention logits use it. `lse` is [B, H, N, 1], the
  * log-sum-exp of the masked, scaled logits of each query row.
  */
 export function inducerGate(b: GraphBuilder, q: Value, lse: Value, p: LayerModuleParams, headDim: number): Value {
@@ -58,7 +58,7 @@ export function inducerGate(b: GraphBuilder, q: Value, lse: Value, p: LayerModul
   return b.sigmoid(b.sub(logit, lse));
 }
 
-/** The value path: sum over heads of lambda * tanh(q A_v + a_v) B_v, plus b_v, [B, N, D]. */
+/** Computes the value path: the sum over heads of lambda * tanh(q A_v + a_v) B_v, plus b_v, [B, N, D]. */
 export function inducerValue(b: GraphBuilder, q: Value, gate: Value, p: LayerModuleParams): Value {
   const hidden = b.tanh(b.add(b.matMul(q, p.valueDownWeight), b.unsqueeze(p.valueDownBias, [2]))); // [B, H, N, rv]
   const gated = b.mul(hidden, gate); // [B, H, N, rv]

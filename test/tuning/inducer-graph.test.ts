@@ -15,7 +15,7 @@ import { inducerGate, inducerValue, loraQueryDelta, type LayerModuleParams } fro
 import { naiveInducer, naiveLoraQ } from '../reference/naive-inducer.js';
 
 // Float32 has a unit roundoff of 6e-8. Each output is a short sum (at most 8 terms) of products,
-// passed through tanh, sigmoid or a scale, and reaches a magnitude of about 10 (LoRA outputs with
+// passed through tanh, sigmoid or a scale. Outputs reach a magnitude of about 10 (LoRA outputs with
 // alpha / rank up to 16/3), so float32 rounding errors of up to about 1e-6 are expected. 1e-5
 // leaves margin, while a formula mistake (a wrong scale, a missing bias or gate) moves outputs by
 // 1e-2 or more.
@@ -51,7 +51,7 @@ interface LoraModule {
   readonly bias: Float32Array | null;
 }
 
-/** One task's module for one layer, at its own ranks; key tensors are null when keyRank < 2. */
+/** One task's module for one layer at its own ranks. Key tensors are null when keyRank < 2. */
 interface InducerModule {
   readonly keyRank: number;
   readonly valueRank: number;
@@ -74,7 +74,7 @@ interface InducerModule {
   readonly lora: LoraModule | null;
 }
 
-/** Uniform float32 values in [-scale, scale). */
+/** Draws `count` uniform float32 values in [-scale, scale). */
 function randomArray(rng: Rng, count: number, scale = 1): Float32Array {
   const out = new Float32Array(count);
   for (let i = 0; i < count; i++) out[i] = scale * (2 * rng.nextFloat() - 1);
@@ -112,7 +112,7 @@ function randomModule(rng: Rng, keyRank: number, valueRank: number, lora: LoraSp
 
 // ---- padding and stacking into graph inputs ---------------------------------------------
 
-/** Ranks of the graph's parameter inputs; every module in a batch is zero-padded up to them. */
+/** Ranks of the graph's parameter inputs. Every module in a batch is zero-padded up to them. */
 interface GraphRanks {
   readonly keyRank: number;
   readonly valueRank: number;
@@ -217,7 +217,7 @@ function concatRows(rows: readonly Float32Array[]): Float32Array {
 
 // ---- the graph under test ---------------------------------------------------------------
 
-/** Graph inputs for one run; q, lse and x are flat [B, H, N, d], [B, H, N, 1] and [B, N, D]. */
+/** Graph inputs for one run, with q, lse and x flat [B, H, N, d], [B, H, N, 1] and [B, N, D]. */
 interface HookInputs {
   readonly modules: readonly InducerModule[];
   readonly ranks: GraphRanks;
@@ -291,8 +291,8 @@ interface AttentionRow {
 }
 
 /**
- * Random queries and logits for B rows. Query i sees keys j <= T + i (causal with T cached
- * keys); odd rows also have key 0 padded out, as a left-padded prompt would.
+ * Generates random queries and logits for B rows. Query i attends to keys j <= T + i (causal
+ * with T cached keys), and odd rows also mask key 0, as a left-padded prompt would.
  */
 function randomAttention(rng: Rng, B: number): AttentionRow[] {
   const rows: AttentionRow[] = [];
@@ -313,7 +313,7 @@ function randomAttention(rng: Rng, B: number): AttentionRow[] {
   return rows;
 }
 
-/** log-sum-exp over the visible (finite) logits of one query row. */
+/** Computes the log-sum-exp over the visible (finite) logits of one query row. */
 function logSumExpVisible(logits: readonly number[]): number {
   const visible = logits.filter((s) => Number.isFinite(s));
   assert.ok(visible.length > 0, 'every query row must see at least one key');
@@ -350,7 +350,7 @@ function naiveForRow(m: InducerModule, row: AttentionRow): { lambda: number[][];
   });
 }
 
-/** The reference LoRA-Q correction of one row, [N][Dq]; all zeros for a module without LoRA. */
+/** Computes the reference LoRA-Q correction of one row, [N][Dq], which is zero without LoRA. */
 function naiveLoraForRow(m: InducerModule, x: readonly (readonly number[])[]): number[][] {
   if (m.lora === null) return x.map(() => new Array<number>(QUERY_WIDTH).fill(0));
   return naiveLoraQ(x, m.lora.A, m.lora.B, m.lora.bias, m.lora.alpha, m.lora.rank);
@@ -425,8 +425,8 @@ describe('inducerGate', () => {
   });
 
   it('ignores masked keys in the denominator', async () => {
-    // Every row of randomAttention masks at least one key, so lambda from the visible-key lse must
-    // differ from lambda computed as if all M logits counted.
+    // randomAttention masks keys for the first two queries of every row and for all queries of odd
+    // rows, so lambda over the visible keys must differ from lambda over all M logits.
     const rng = createRng(103);
     const modules = [randomModule(rng, 3, 2, null), randomModule(rng, 3, 2, null)];
     const attention = randomAttention(rng, 2);

@@ -7,9 +7,15 @@ import { Command, CommanderError } from 'commander';
 import { registerAdapterCommands } from './cli/adapter-command.js';
 import { registerGenerateCommands } from './cli/generate-command.js';
 
+// A closed pipe (`inducer generate ... | head`) ends the command quietly; other write errors get one line.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code !== 'EPIPE') process.stderr.write(`error: cannot write the output: ${error.message}\n`);
+  process.exit(error.code === 'EPIPE' ? 0 : 1);
+});
+
 const program = new Command('inducer')
-  .description('serve and train inducer-tuning modules on one frozen language model')
-  .showHelpAfterError()
+  .description('run a frozen language model with inducer-tuning modules')
+  .showHelpAfterError('(add --help for usage)')
   .exitOverride();
 
 registerGenerateCommands(program);

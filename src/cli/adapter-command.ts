@@ -7,7 +7,8 @@ import { writeModule } from '../adapters/module-files.js';
 import { createInducerModule } from '../adapters/module.js';
 import { loadCheckpoint } from '../model/checkpoint.js';
 import { fingerprintModel } from '../model/fingerprint.js';
-import { integerOption, numberOption } from './options.js';
+import { stat } from 'node:fs/promises';
+import { integerOption, numberOption, pathOption } from './options.js';
 
 interface InitOptions {
   model: string;
@@ -19,6 +20,7 @@ interface InitOptions {
   loraQBias?: boolean;
   seed: number;
   init: string;
+  force?: boolean;
 }
 
 export function registerAdapterCommands(program: Command): void {
@@ -26,8 +28,9 @@ export function registerAdapterCommands(program: Command): void {
   adapter
     .command('init')
     .description('write a freshly initialised inducer-tuning module for a model')
-    .requiredOption('--model <dir>', 'Hugging Face model folder the module is for')
-    .requiredOption('--out <dir>', 'module folder to write (replaced atomically if it exists)')
+    .requiredOption('--model <dir>', 'Hugging Face model folder the module is for', pathOption('--model'))
+    .requiredOption('--out <dir>', 'module folder to write', pathOption('--out'))
+    .option('--force', 'replace an existing module folder at --out (the whole folder is replaced)')
     .option('--key-rank <n>', 'width of the inducer key MLP; 0 or 1 means no key MLP', integerOption('--key-rank', 0, 4096), 5)
     .option('--value-rank <n>', 'width of the inducer value MLP', integerOption('--value-rank', 1, 4096), 12)
     .option('--lora-q-rank <n>', 'rank of LoRA on the query projection (off when not given)', integerOption('--lora-q-rank', 1, 4096))
@@ -41,6 +44,13 @@ export function registerAdapterCommands(program: Command): void {
       }
       if (options.loraQAlpha !== undefined && options.loraQRank === undefined) {
         throw new Error('--lora-q-alpha needs --lora-q-rank');
+      }
+      if (options.loraQBias === false && options.loraQRank === undefined) {
+        throw new Error('--no-lora-q-bias needs --lora-q-rank');
+      }
+      const exists = await stat(options.out).then(() => true, () => false);
+      if (exists && !options.force) {
+        throw new Error(`${options.out} already exists; pass --force to replace it (every file in that folder is removed), or choose another --out`);
       }
       const checkpoint = await loadCheckpoint(options.model);
       const fingerprint = await fingerprintModel(checkpoint.config, checkpoint.weightFiles);

@@ -8,7 +8,8 @@ import { generateBatch, scoreTokens } from '../runtime/generate.js';
 import { IncrementalDetokenizer } from '../runtime/detokenizer.js';
 import { loadModel, loadModuleFor, promptTokenIds, slotModuleOf } from '../runtime/loaded-model.js';
 import { StopStringMatcher } from '../runtime/stop-strings.js';
-import { collect, integerOption, numberOption } from './options.js';
+import { collect, integerOption, numberOption, pathOption } from './options.js';
+import { warnAboutIgnoredTensors } from './warnings.js';
 
 interface GenerateOptions {
   model: string;
@@ -33,8 +34,8 @@ export function registerGenerateCommands(program: Command): void {
   program
     .command('generate')
     .description('generate a continuation of a prompt and print it (without the prompt) to stdout')
-    .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors weights, tokenizer)')
-    .option('--adapter <dir>', 'inducer-tuning module folder to apply')
+    .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors weights, tokenizer)', pathOption('--model'))
+    .option('--adapter <dir>', 'inducer-tuning module folder to apply', pathOption('--adapter'))
     .requiredOption('--prompt <text>', 'prompt text; "" starts from the BOS token alone')
     .option('--max-tokens <n>', 'maximum number of new tokens', integerOption('--max-tokens', 0), 64)
     .option('--temperature <t>', 'sampling temperature; 0 is greedy decoding', numberOption('--temperature', 0, 100), 1)
@@ -44,11 +45,17 @@ export function registerGenerateCommands(program: Command): void {
     .option('--stop <text>', 'stop before this text (repeatable)', collect, [])
     .action(async (options: GenerateOptions) => {
       const model = await loadModel(options.model, { slotCapacity: 1 });
-      const module = options.adapter ? slotModuleOf(await loadModuleFor(model, options.adapter)) : null;
-      const promptIds = promptTokenIds(model, options.prompt);
+      warnAboutIgnoredTensors(model.ignoredTensors);
+      const tuningModule = options.adapter ? await loadModuleFor(model, options.adapter) : null;
+      const module = tuningModule ? slotModuleOf(tuningModule) : null;
+      // A module's task settings apply as a served request would use them: its prompt template
+      // wraps the prompt and its stop strings add to the ones given on the command line.
+      const task = tuningModule?.config.task;
+      const prompt = task?.prompt_template ? task.prompt_template.replaceAll('{prompt}', options.prompt) : options.prompt;
+      const promptIds = promptTokenIds(model, prompt);
       const decode = (ids: readonly number[]): string => model.tokenizer.decode(ids);
       const detokenizer = new IncrementalDetokenizer(decode, promptIds);
-      const matcher = new StopStringMatcher(options.stop);
+      const matcher = new StopStringMatcher([...options.stop, ...(task?.stop ?? [])]);
       let stopped = false;
       await generateBatch(
         model.engine,
@@ -79,12 +86,13 @@ export function registerGenerateCommands(program: Command): void {
   program
     .command('score')
     .description('print the log-probability of each token of a text given the tokens before it')
-    .requiredOption('--model <dir>', 'Hugging Face model folder')
-    .option('--adapter <dir>', 'inducer-tuning module folder to apply')
+    .requiredOption('--model <dir>', 'Hugging Face model folder', pathOption('--model'))
+    .option('--adapter <dir>', 'inducer-tuning module folder to apply', pathOption('--adapter'))
     .requiredOption('--text <text>', 'text to score')
     .option('--json', 'print {"tokens": [...], "logprobs": [...]} as one JSON object')
     .action(async (options: ScoreOptions) => {
       const model = await loadModel(options.model, { slotCapacity: 1 });
+      warnAboutIgnoredTensors(model.ignoredTensors);
       const module = options.adapter ? slotModuleOf(await loadModuleFor(model, options.adapter)) : null;
       const tokens = model.tokenizer.encode(options.text);
       const logprobs = await scoreTokens(model.engine, tokens, module);
@@ -92,7 +100,8 @@ export function registerGenerateCommands(program: Command): void {
         process.stdout.write(`${JSON.stringify({ tokens, logprobs })}\n`);
       } else {
         const total = logprobs.reduce((a, b) => a + b, 0);
-        process.stdout.write(`tokens: ${tokens.length}\nsum logprob: ${total}\nmean logprob: ${logprobs.length ? total / logprobs.length : 0}\n`);
+        const mean = logprobs.length > 0 ? String(total / logprobs.length) : 'n/a (no token after the first)';
+        process.stdout.write(`tokens: ${tokens.length}\nscored tokens: ${logprobs.length}\nsum logprob: ${total}\nmean logprob: ${mean}\n`);
       }
       await model.engine.dispose();
     });

@@ -28,3 +28,11 @@ export function numberOption(name: string, min: number, max: number): (value: st
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
 }
+
+/** Parser for a path option that rejects an empty value, which would otherwise mean the current folder. */
+export function pathOption(name: string): (value: string) => string {
+  return (value) => {
+    if (value.trim() === '') throw new InvalidArgumentError(`${name} is empty; pass a folder path`);
+    return value;
+  };
+}

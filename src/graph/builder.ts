@@ -127,6 +127,11 @@ export class GraphBuilder {
     return v;
   }
 
+  /** Returns the nodes, values and initializers emitted so far, for passes such as autodiff that read the graph and keep extending it. */
+  snapshot(): Pick<Graph, 'nodes' | 'values' | 'initializers'> {
+    return { nodes: [...this.nodes], values: new Map(this.values), initializers: new Map(this.initializers) };
+  }
+
   /** Returns the finished graph. The builder should not be used afterwards. */
   build(): Graph {
     if (this.outputs.length === 0) throw new GraphBuildError(`graph ${this.graphName} has no outputs`);

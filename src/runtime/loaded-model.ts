@@ -18,6 +18,8 @@ export interface LoadedModel {
   readonly fingerprint: BaseModelFingerprint;
   readonly engine: Engine;
   readonly parameterCount: number;
+  /** Stored names of checkpoint tensors that the model does not use. */
+  readonly ignoredTensors: readonly string[];
   /** Seconds to read the checkpoint, hash it and build the session. */
   readonly loadSeconds: number;
 }
@@ -38,6 +40,7 @@ export async function loadModel(dir: string, options: EngineOptions = {}): Promi
     fingerprint,
     engine,
     parameterCount: checkpoint.parameterCount,
+    ignoredTensors: checkpoint.ignoredTensors,
     loadSeconds: (performance.now() - started) / 1000,
   };
 }

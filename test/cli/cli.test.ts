@@ -119,6 +119,31 @@ describe('inducer adapter init', () => {
     base.logprobs.forEach((value, i) => assert.ok(Math.abs(value - tuned.logprobs[i]) < 1e-6, `token ${i}: ${value} vs ${tuned.logprobs[i]}`));
   });
 
+  it('replaces an existing folder only with --force', async () => {
+    const out = path.join(dir, 'existing');
+    assert.equal((await inducer('adapter', 'init', '--model', STORIES, '--out', out, '--seed', '1')).code, 0);
+    const first = await readFile(path.join(out, 'adapter_model.safetensors'));
+    const refused = await inducer('adapter', 'init', '--model', STORIES, '--out', out, '--seed', '2');
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /--force/);
+    assert.deepEqual(await readFile(path.join(out, 'adapter_model.safetensors')), first);
+    const forced = await inducer('adapter', 'init', '--model', STORIES, '--out', out, '--seed', '2', '--force');
+    assert.equal(forced.code, 0, forced.stderr);
+    assert.notDeepEqual(await readFile(path.join(out, 'adapter_model.safetensors')), first);
+  });
+
+  it('applies the module task stop strings', async () => {
+    const out = path.join(dir, 'with-task');
+    assert.equal((await inducer('adapter', 'init', '--model', STORIES, '--out', out, '--init', 'zero-value')).code, 0);
+    const configFile = path.join(out, 'adapter_config.json');
+    const config = JSON.parse(await readFile(configFile, 'utf8')) as Record<string, unknown>;
+    config.task = { stop: [' park'] };
+    await writeFile(configFile, JSON.stringify(config));
+    const result = await inducer('generate', '--model', STORIES, '--adapter', out, '--prompt', '', '--max-tokens', '60', '--temperature', '0');
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, 'Once upon a time, there was a little girl named Lily. She loved to play outside in the\n');
+  });
+
   it('rejects a module with NaN', async () => {
     const out = path.join(dir, 'nan');
     assert.equal((await inducer('adapter', 'init', '--model', STORIES, '--out', out)).code, 0);

@@ -145,9 +145,11 @@ function attention(b: GraphBuilder, ctx: AttentionContext, layer: number, x: Val
   return b.add(output, inducerValue(b, q, gate, module));
 }
 
-/** Builds the decoder graph for a checkpoint. Weights become initializers (not copied, except transposes). */
-export function buildDecoderGraph(config: ModelConfig, weights: ReadonlyMap<string, HostTensor>): Graph {
-  const b = new GraphBuilder(`${config.modelType}-decoder`);
+/**
+ * Adds the decoder to `b` (inputs, weights as initializers, present KV outputs) and returns the
+ * logits value [logit_rows, V] without declaring it as an output, so a caller can build a loss on it.
+ */
+export function addDecoder(b: GraphBuilder, config: ModelConfig, weights: ReadonlyMap<string, HostTensor>): Value {
   const family = familyOf(config);
   const bank = new WeightBank(b, weights);
 
@@ -172,6 +174,12 @@ export function buildDecoderGraph(config: ModelConfig, weights: ReadonlyMap<stri
   }
   const normalized = family.finalNorm(b, bank, hidden);
   const rows = b.gather(b.reshape(normalized, [-1, config.hiddenSize]), logitsIndices, 0); // [R, D]
-  b.output(b.gemm(rows, family.headWeight(bank), { transB: true }), OUTPUT_LOGITS); // [R, V]
+  return b.gemm(rows, family.headWeight(bank), { transB: true }); // [R, V]
+}
+
+/** Builds the decoder graph for a checkpoint. Weights become initializers (not copied, except transposes). */
+export function buildDecoderGraph(config: ModelConfig, weights: ReadonlyMap<string, HostTensor>): Graph {
+  const b = new GraphBuilder(`${config.modelType}-decoder`);
+  b.output(addDecoder(b, config, weights), OUTPUT_LOGITS);
   return b.build();
 }

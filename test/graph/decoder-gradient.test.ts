@@ -51,7 +51,7 @@ for (const family of FAMILIES) {
         differentiate(b, loss, wrt).forEach((gradient, i) => b.output(gradient, `grad.${moduleNames[i]}`));
         const session = await ort.InferenceSession.create(serializeModel(b.build()).model);
 
-        // Slot 1 holds a random module with a key MLP and LoRA-Q; both rows use it.
+        // Slot 1 contains a random module with a key MLP and LoRA-Q; both rows use it.
         const slots = new SlotTable(config, 1);
         const module = randomModule(config, { keyRank: 3, valueRank: 2, loraQ: { rank: 2, alpha: 4, bias: true }, seed: 3, scale: 0.3 });
         slots.slotsFor([module]);

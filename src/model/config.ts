@@ -47,7 +47,7 @@ export interface ModelConfig {
   readonly headDim: number;
   /** Width of the MLP's hidden layer. */
   readonly intermediateSize: number;
-  /** Longest sequence (prompt plus generated tokens) the model supports. */
+  /** Maximum sequence length (prompt plus generated tokens) the model supports. */
   readonly maxPositions: number;
   /** Epsilon of LayerNorm (GPT-2) or RMSNorm (Llama). */
   readonly normEps: number;

@@ -105,7 +105,7 @@ export class SlotTable {
   slotsFor(modules: readonly (SlotModule | null)[]): number[] {
     const distinct = [...new Set(modules.filter((m): m is SlotModule => m !== null))];
     if (distinct.length > this.capacity) {
-      throw new SlotCapacityError(`a batch uses ${distinct.length} distinct modules but the slot table holds ${this.capacity}`);
+      throw new SlotCapacityError(`a batch uses ${distinct.length} distinct modules but the slot table has ${this.capacity} slots; split the batch or raise the slot capacity`);
     }
     const needed: Ranks = { ...this.ranks };
     for (const m of distinct) {

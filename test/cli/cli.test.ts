@@ -25,7 +25,7 @@ async function inducer(...args: string[]): Promise<{ stdout: string; stderr: str
   }
 }
 
-/** The greedy 60-token continuation from BOS, as the model folder's README states it. */
+/** Reads the greedy 60-token continuation from BOS out of the model folder's README. */
 async function knownGreedyText(): Promise<string> {
   const readme = await readFile(path.join(STORIES, 'README.md'), 'utf8');
   const match = /produces exactly\n\n {4}(.+)\n/.exec(readme);

@@ -13,7 +13,7 @@ export class GradientError extends Error {
   override readonly name = 'GradientError';
 }
 
-/** What a rule sees of one forward node. */
+/** The forward node and builder that a rule receives. */
 export interface GradientContext {
   readonly b: GraphBuilder;
   readonly node: Node;
@@ -111,7 +111,7 @@ export function reduceToShape(b: GraphBuilder, grad: Value, target: Value): Valu
   return b.squeeze(summed, Array.from({ length: lead }, (_, i) => i));
 }
 
-/** A float32 scalar constant. */
+/** Returns a float32 scalar constant. */
 export function scalar(b: GraphBuilder, value: number): Value {
   return b.constFloat([value], []);
 }

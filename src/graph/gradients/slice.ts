@@ -14,7 +14,8 @@ export const sliceGradient: GradientModule = {
     const x = requireInput(ctx, 0);
     const rank = x.shape.length;
     const starts = ctx.constantInts(1);
-    const axes = ctx.inputs[3] ? ctx.constantInts(3).map((a) => (a < 0 ? a + rank : a)) : starts.map((_, i) => i);
+    let axes = starts.map((_, i) => i);
+    if (ctx.inputs[3]) axes = ctx.constantInts(3).map((a) => (a < 0 ? a + rank : a));
     if (ctx.inputs[4] && ctx.constantInts(4).some((step) => step !== 1)) {
       throw new GradientError(`Slice node ${node.name}: steps other than 1 are not supported by the gradient rule`);
     }

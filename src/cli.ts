@@ -6,6 +6,10 @@
 import { Command, CommanderError } from 'commander';
 import { registerAdapterCommands } from './cli/adapter-command.js';
 import { registerGenerateCommands } from './cli/generate-command.js';
+import { registerModelsCommands } from './cli/models-command.js';
+import { registerPushCommand } from './cli/push-command.js';
+import { registerServeCommands } from './cli/serve-command.js';
+import { registerTrainCommand } from './cli/train-command.js';
 
 // A closed pipe (`inducer generate ... | head`) ends the command quietly; other write errors get one line.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {
@@ -18,8 +22,12 @@ const program = new Command('inducer')
   .showHelpAfterError('(add --help for usage)')
   .exitOverride();
 
+registerServeCommands(program);
 registerGenerateCommands(program);
+registerTrainCommand(program);
 registerAdapterCommands(program);
+registerPushCommand(program);
+registerModelsCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -156,7 +156,7 @@ export async function runServer(config: ServerConfig): Promise<void> {
             server.closeAllConnections();
             logger.info('server stopped');
             resolve();
-          }, 100).unref();
+          }, 100);
         });
     };
     process.once('SIGTERM', shutdown);

@@ -89,12 +89,29 @@ function visibilityMask(b: GraphBuilder, inputIds: Value, attentionMask: Value):
   return b.and(causal, present); // [B, 1, N, M]
 }
 
+/**
+ * Dropout masks for training, each stacked over layers and holding 0 (dropped) or 1/(1-p) (kept).
+ * The serving graph has none.
+ */
+export interface DecoderDropoutMasks {
+  /** [L, B, H, N, 1]: multiplies the inducer gate lambda of each layer before the value path uses it. */
+  readonly gate?: Value;
+  /** [L, B, N, D]: multiplies the LoRA-Q input X of each layer. */
+  readonly loraInput?: Value;
+}
+
 interface AttentionContext {
   readonly config: ModelConfig;
   readonly family: DecoderFamily;
   readonly weights: WeightBank;
   readonly visible: Value;
   readonly rotary: { cos: Value; sin: Value } | null;
+  readonly dropout: DecoderDropoutMasks;
+}
+
+/** Picks layer `layer` of a mask stacked over layers, or returns undefined when there is no mask. */
+function layerMask(b: GraphBuilder, stacked: Value | undefined, layer: number): Value | undefined {
+  return stacked ? b.gather(stacked, b.constInt([layer], []), 0) : undefined;
 }
 
 /** One attention sub-layer with the inducer hook; returns its output [B, N, D] (before the residual). */
@@ -103,7 +120,8 @@ function attention(b: GraphBuilder, ctx: AttentionContext, layer: number, x: Val
   const { numHeads: H, numKeyValueHeads: KVH, headDim: d } = config;
   const groups = H / KVH;
   const projections = family.project(b, weights, layer, x);
-  const query = b.add(projections.query, loraQueryDelta(b, x, module)); // [B, N, H*d]
+  const loraInputMask = layerMask(b, ctx.dropout.loraInput, layer); // [B, N, D] or undefined
+  const query = b.add(projections.query, loraQueryDelta(b, x, module, loraInputMask)); // [B, N, H*d]
 
   let q = b.transpose(b.reshape(query, [0, 0, H, d]), [0, 2, 1, 3]); // [B, H, N, d]
   let k = b.transpose(b.reshape(projections.key, [0, 0, KVH, d]), [0, 2, 1, 3]); // [B, KVH, N, d]
@@ -142,14 +160,17 @@ function attention(b: GraphBuilder, ctx: AttentionContext, layer: number, x: Val
 
   const lse = groups === 1 ? logSumExp : b.reshape(logSumExp, [0, H, -1, 1]); // [B, H, N, 1]
   const gate = inducerGate(b, q, lse, module, d); // [B, H, N, 1]
-  return b.add(output, inducerValue(b, q, gate, module));
+  const gateMask = layerMask(b, ctx.dropout.gate, layer); // [B, H, N, 1] or undefined
+  const droppedGate = gateMask ? b.mul(gate, gateMask) : gate;
+  return b.add(output, inducerValue(b, q, droppedGate, module));
 }
 
 /**
  * Adds the decoder to `b` (inputs, weights as initializers, present KV outputs) and returns the
  * logits value [logit_rows, V] without declaring it as an output, so a caller can build a loss on it.
+ * A training graph passes `dropout` masks that the caller declared as inputs of `b`.
  */
-export function addDecoder(b: GraphBuilder, config: ModelConfig, weights: ReadonlyMap<string, HostTensor>): Value {
+export function addDecoder(b: GraphBuilder, config: ModelConfig, weights: ReadonlyMap<string, HostTensor>, dropout: DecoderDropoutMasks = {}): Value {
   const family = familyOf(config);
   const bank = new WeightBank(b, weights);
 
@@ -162,7 +183,7 @@ export function addDecoder(b: GraphBuilder, config: ModelConfig, weights: Readon
 
   const visible = visibilityMask(b, inputIds, attentionMask);
   const rotary = family.rotaryTables(b, positionIds);
-  const ctx: AttentionContext = { config, family, weights: bank, visible, rotary };
+  const ctx: AttentionContext = { config, family, weights: bank, visible, rotary, dropout };
 
   let hidden = family.embed(b, bank, inputIds, positionIds); // [B, N, D]
   for (let layer = 0; layer < config.numLayers; layer++) {

@@ -38,9 +38,14 @@ export interface LayerModuleParams {
   readonly loraScale: Value;
 }
 
-/** LoRA correction of the query projection: `scale * ((x L_A^T) L_B^T + l_b)`, [B, N, Dq]. */
-export function loraQueryDelta(b: GraphBuilder, x: Value, p: LayerModuleParams): Value {
-  const down = b.matMul(x, b.transpose(p.loraA, [0, 2, 1])); // [B, N, r]
+/**
+ * Computes the LoRA correction of the query projection, `scale * ((x L_A^T) L_B^T + l_b)`, [B, N, Dq].
+ * In training, `inputDropoutMask` ([B, N, D], entries 0 or 1/(1-p)) multiplies x before L_A, so
+ * dropout reaches the LoRA path only and not the bias.
+ */
+export function loraQueryDelta(b: GraphBuilder, x: Value, p: LayerModuleParams, inputDropoutMask?: Value): Value {
+  const input = inputDropoutMask ? b.mul(x, inputDropoutMask) : x;
+  const down = b.matMul(input, b.transpose(p.loraA, [0, 2, 1])); // [B, N, r]
   const up = b.matMul(down, b.transpose(p.loraB, [0, 2, 1])); // [B, N, Dq]
   const withBias = b.add(up, b.unsqueeze(p.loraBias, [1])); // [B, N, Dq]
   return b.mul(withBias, b.reshape(p.loraScale, [-1, 1, 1])); // [B, 1, 1] scale per row

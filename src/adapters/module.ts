@@ -1,21 +1,22 @@
 /**
  * Tuning modules in memory: the parsed `adapter_config.json` with its tensors, creation of fresh
- * inducer modules and validation against the model being served.
+ * modules (inducer, prefix or LoRA) and validation against the model being served.
  * @module
  */
 import type { ModelConfig } from '../model/config.js';
 import { describeFingerprintMismatch, type BaseModelFingerprint } from '../model/fingerprint.js';
 import { formatShape, type HostTensor } from '../model/tensor.js';
+import type { InducerHyperParams, InducerInit } from '../tuning/inducer.js';
+import { LORA_TARGET_MODULES } from '../tuning/lora.js';
 import {
-  inducerTensorShapes,
-  initInducerTensors,
-  validateInducerHyperParams,
-  InducerHyperParamsError,
-  type InducerHyperParams,
-  type InducerInit,
-  type InducerModelDims,
-} from '../tuning/inducer.js';
-import { ADAPTER_FORMAT_VERSION, AdapterError, parseAdapterConfig, type AdapterConfig } from './adapter-config.js';
+  initModuleTensors,
+  isSettingsError,
+  moduleTensorShapes,
+  validateMethodSettings,
+  type MethodModelDims,
+  type MethodSettings,
+} from '../tuning/method.js';
+import { ADAPTER_FORMAT_VERSION, AdapterError, parseAdapterConfig, SUPPORTED_METHODS, type AdapterConfig } from './adapter-config.js';
 
 export { AdapterError, type AdapterErrorReason } from './adapter-config.js';
 
@@ -35,8 +36,13 @@ export function createTuningModule(config: AdapterConfig, tensors: ReadonlyMap<s
   return { config, tensors, sizeBytes };
 }
 
-/** Returns the inducer hyper-parameters of a module config. */
-export function hyperParamsOf(config: AdapterConfig): InducerHyperParams {
+/**
+ * Returns the method settings of a module config. Inducer settings have no `method` field, as
+ * callers written for inducer modules alone expect.
+ */
+export function hyperParamsOf(config: AdapterConfig): MethodSettings {
+  if (config.method === 'prefix') return { method: 'prefix', prefixLength: config.prefix_length };
+  if (config.method === 'lora') return { method: 'lora', rank: config.rank, alpha: config.alpha };
   return {
     keyRank: config.key_rank,
     valueRank: config.value_rank,
@@ -45,9 +51,22 @@ export function hyperParamsOf(config: AdapterConfig): InducerHyperParams {
 }
 
 /** Returns the dimensions a config's `base_model` records, which determine the tensor shapes. */
-export function baseModelDimsOf(config: AdapterConfig): InducerModelDims {
+export function baseModelDimsOf(config: AdapterConfig): MethodModelDims {
   const base = config.base_model;
-  return { hiddenSize: base.hidden_size, numLayers: base.num_layers, numHeads: base.num_heads, headDim: base.head_dim };
+  return {
+    hiddenSize: base.hidden_size,
+    numLayers: base.num_layers,
+    numHeads: base.num_heads,
+    numKeyValueHeads: base.num_key_value_heads,
+    headDim: base.head_dim,
+  };
+}
+
+/** Describes the hyper-parameters of a config for messages, such as `key_rank 5, value_rank 12 and lora_q`. */
+function describeHyperParams(config: AdapterConfig): string {
+  if (config.method === 'prefix') return `prefix_length ${config.prefix_length}`;
+  if (config.method === 'lora') return `LoRA rank ${config.rank} on q and v`;
+  return `key_rank ${config.key_rank}, value_rank ${config.value_rank} and lora_q`;
 }
 
 function describeBaseModel(fingerprint: BaseModelFingerprint): string {
@@ -75,12 +94,12 @@ function unflattenIndex(flatIndex: number, shape: readonly number[]): number[] {
  * models; {@link validateModule} does. Throws {@link AdapterError} (reason 'invalid') naming
  * `source`, the tensor, and the expected shape or the first non-finite index.
  */
-export function validateModuleTensors(module: TuningModule, dims: InducerModelDims, source = 'module'): void {
+export function validateModuleTensors(module: TuningModule, dims: MethodModelDims, source = 'module'): void {
   let expectedShapes: Map<string, number[]>;
   try {
-    expectedShapes = inducerTensorShapes(dims, hyperParamsOf(module.config));
+    expectedShapes = moduleTensorShapes(dims, hyperParamsOf(module.config));
   } catch (cause) {
-    if (!(cause instanceof InducerHyperParamsError)) throw cause;
+    if (!isSettingsError(cause)) throw cause;
     throw new AdapterError(`${source}: ${cause.message}`, { cause });
   }
 
@@ -88,14 +107,17 @@ export function validateModuleTensors(module: TuningModule, dims: InducerModelDi
   if (missing.length > 0) {
     throw new AdapterError(
       `${source}: ${missing.length} expected tensor(s) missing, first ${missing[0]} with shape ${formatShape(expectedShapes.get(missing[0]) ?? [])}; ` +
-        `the tensors do not match key_rank ${module.config.key_rank}, value_rank ${module.config.value_rank} and lora_q in adapter_config.json`,
+        `the tensors do not match ${describeHyperParams(module.config)} in adapter_config.json`,
     );
   }
   const unexpected = [...module.tensors.keys()].filter((name) => !expectedShapes.has(name));
+  const method = module.config.method;
+  const expectedKinds =
+    method === 'inducer' ? `the inducer${module.config.lora_q === null ? '' : ' and lora_q'}` : method === 'prefix' ? 'the prefix' : 'the lora.q and lora.v';
   if (unexpected.length > 0) {
     throw new AdapterError(
       `${source}: unexpected tensor(s) ${unexpected.slice(0, 5).join(', ')}${unexpected.length > 5 ? ', ...' : ''}; ` +
-        `a module with these hyper-parameters and base model has only the inducer${module.config.lora_q === null ? '' : ' and lora_q'} tensors of ${dims.numLayers} layers`,
+        `a module with these hyper-parameters and base model has only ${expectedKinds} tensors of ${dims.numLayers} layers`,
     );
   }
 
@@ -126,8 +148,8 @@ export function validateModuleTensors(module: TuningModule, dims: InducerModelDi
  */
 export function checkBaseModel(config: AdapterConfig, fingerprint: BaseModelFingerprint, source = 'module'): void {
   const method: string = config.method;
-  if (method !== 'inducer') {
-    throw new AdapterError(`${source}: method "${method}" is not supported; this server runs inducer modules`);
+  if (!(SUPPORTED_METHODS as readonly string[]).includes(method)) {
+    throw new AdapterError(`${source}: method "${method}" is not supported; this server runs ${SUPPORTED_METHODS.join(', ')} modules`);
   }
   const mismatch = describeFingerprintMismatch(config.base_model, fingerprint);
   if (mismatch !== null) {
@@ -157,7 +179,7 @@ export function validateModule(
 }
 
 /**
- * Creates a fresh inducer module for `model` with tensors from {@link initInducerTensors}.
+ * Creates a fresh inducer module for `model` with tensors from `initInducerTensors`.
  * `created_at` is the current time. Throws {@link AdapterError} for invalid hyper-parameters or
  * task metadata (for example a prompt template without `{prompt}`).
  */
@@ -167,22 +189,45 @@ export function createInducerModule(
   hp: InducerHyperParams,
   options: { init: InducerInit; seed: number; task?: AdapterConfig['task'] },
 ): TuningModule {
+  return createModule(model, fingerprint, hp, options);
+}
+
+/** Returns the method part of `adapter_config.json` for `settings`. */
+function methodFields(settings: MethodSettings): Record<string, unknown> {
+  if (settings.method === 'prefix') return { method: 'prefix', prefix_length: settings.prefixLength };
+  if (settings.method === 'lora') return { method: 'lora', rank: settings.rank, alpha: settings.alpha, target_modules: [...LORA_TARGET_MODULES] };
+  return {
+    method: 'inducer',
+    key_rank: settings.keyRank,
+    value_rank: settings.valueRank,
+    lora_q: settings.loraQ === null ? null : { rank: settings.loraQ.rank, alpha: settings.loraQ.alpha, bias: settings.loraQ.bias },
+  };
+}
+
+/**
+ * Creates a fresh module of any method for `model` with tensors from `initModuleTensors`
+ * (`init` applies to inducer modules only). `created_at` is the current time. Throws
+ * {@link AdapterError} for invalid settings or task metadata.
+ */
+export function createModule(
+  model: ModelConfig,
+  fingerprint: BaseModelFingerprint,
+  settings: MethodSettings,
+  options: { init: InducerInit; seed: number; task?: AdapterConfig['task'] },
+): TuningModule {
   try {
-    validateInducerHyperParams(hp);
+    validateMethodSettings(settings);
   } catch (cause) {
-    if (!(cause instanceof InducerHyperParamsError)) throw cause;
+    if (!isSettingsError(cause)) throw cause;
     throw new AdapterError(cause.message, { cause });
   }
   const draft = {
     format_version: ADAPTER_FORMAT_VERSION,
-    method: 'inducer',
-    key_rank: hp.keyRank,
-    value_rank: hp.valueRank,
-    lora_q: hp.loraQ === null ? null : { rank: hp.loraQ.rank, alpha: hp.loraQ.alpha, bias: hp.loraQ.bias },
+    ...methodFields(settings),
     base_model: { ...fingerprint },
     ...(options.task === undefined ? {} : { task: options.task }),
     created_at: new Date().toISOString(),
   };
   const config = parseAdapterConfig(draft, 'new module config');
-  return createTuningModule(config, initInducerTensors(model, hp, options.init, options.seed));
+  return createTuningModule(config, initModuleTensors(model, settings, options.init, options.seed));
 }

@@ -4,6 +4,7 @@
  * @module
  */
 import type { Command } from 'commander';
+import { fillPromptTemplate } from '../adapters/adapter-config.js';
 import { generateBatch, scoreTokens } from '../runtime/generate.js';
 import { IncrementalDetokenizer } from '../runtime/detokenizer.js';
 import { loadModel, loadModuleFor, promptTokenIds, slotModuleOf } from '../runtime/loaded-model.js';
@@ -51,7 +52,7 @@ export function registerGenerateCommands(program: Command): void {
       // A module's task settings apply as a served request would use them: its prompt template
       // wraps the prompt and its stop strings add to the ones given on the command line.
       const task = tuningModule?.config.task;
-      const prompt = task?.prompt_template ? task.prompt_template.replaceAll('{prompt}', options.prompt) : options.prompt;
+      const prompt = task?.prompt_template ? fillPromptTemplate(task.prompt_template, options.prompt) : options.prompt;
       const promptIds = promptTokenIds(model, prompt);
       const decode = (ids: readonly number[]): string => model.tokenizer.decode(ids);
       const detokenizer = new IncrementalDetokenizer(decode, promptIds);

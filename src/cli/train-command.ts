@@ -1,6 +1,6 @@
 /**
- * `inducer train`: train an inducer-tuning module on a JSONL data set and write the module folder
- * with its `training_report.json`.
+ * `inducer train`: train a tuning module (inducer-tuning, or the prefix-tuning and LoRA
+ * baselines) on a JSONL data set and write the module folder with its `training_report.json`.
  *
  * While training runs, checkpoints go to `<out>-checkpoint/`, which is removed after the module
  * is written. The finished module is assembled in a hidden sibling folder and then renamed to
@@ -13,7 +13,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { readModule, writeModule } from '../adapters/module-files.js';
 import type { AdapterTask } from '../adapters/adapter-config.js';
-import { createInducerModule, createTuningModule, hyperParamsOf } from '../adapters/module.js';
+import { createModule, createTuningModule, hyperParamsOf } from '../adapters/module.js';
 import { loadCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import type { ModelConfig } from '../model/config.js';
 import { fingerprintModel, type BaseModelFingerprint } from '../model/fingerprint.js';
@@ -27,7 +27,7 @@ import { DEFAULT_ADAMW } from '../train/optimizer.js';
 import { createProgressReporter, formatDuration, type ProgressReporter } from '../train/progress.js';
 import { buildTrainingReport, REPORT_FILE, summarizeTraining, type DataSetReport } from '../train/report.js';
 import { SCHEDULE_KINDS, type ScheduleKind } from '../train/schedule.js';
-import { initInducerTensors, type InducerHyperParams } from '../tuning/inducer.js';
+import { initModuleTensors, methodOf, type MethodSettings, type TuningMethod } from '../tuning/method.js';
 import { integerOption, numberOption, pathOption } from './options.js';
 
 /** Options of `inducer train` as commander parses them. */
@@ -41,6 +41,9 @@ export interface TrainOptions {
   valueRank: number;
   loraQRank?: number;
   loraQAlpha?: number;
+  prefixLength?: number;
+  loraRank?: number;
+  loraAlpha?: number;
   init: string;
   epochs?: number;
   maxSteps?: number;
@@ -70,7 +73,7 @@ export interface DisposableSession extends TrainableSession {
 export type SessionFactory = (
   config: ModelConfig,
   weights: ReadonlyMap<string, HostTensor>,
-  hp: InducerHyperParams,
+  hp: MethodSettings,
   options: { labelSmoothing: number; dropout: number },
 ) => Promise<DisposableSession>;
 
@@ -88,6 +91,20 @@ const MAX_DEFAULT_WARMUP_FRACTION = 0.1;
 const DEFAULT_MAX_LENGTH = 512;
 /** Gradient-norm clipping of the official code. */
 const MAX_GRAD_NORM = 1;
+/** Virtual tokens per layer of a prefix module when --prefix-length is not given. */
+const DEFAULT_PREFIX_LENGTH = 10;
+/** Rank of a LoRA module when --lora-rank is not given. */
+const DEFAULT_LORA_RANK = 8;
+
+/** The methods `--method` accepts. */
+const METHODS: readonly TuningMethod[] = ['inducer', 'prefix', 'lora'];
+
+/** Options that set the hyper-parameters of each method; the others' options are rejected with it. */
+const METHOD_OPTIONS: Readonly<Record<TuningMethod, readonly ('keyRank' | 'valueRank' | 'loraQRank' | 'loraQAlpha' | 'prefixLength' | 'loraRank' | 'loraAlpha')[]>> = {
+  inducer: ['keyRank', 'valueRank', 'loraQRank', 'loraQAlpha'],
+  prefix: ['prefixLength'],
+  lora: ['loraRank', 'loraAlpha'],
+};
 
 /** Options that a resumed run takes from the checkpoint unless they are given again with the same value. */
 const RESUMABLE_OPTIONS = [
@@ -96,6 +113,9 @@ const RESUMABLE_OPTIONS = [
   'valueRank',
   'loraQRank',
   'loraQAlpha',
+  'prefixLength',
+  'loraRank',
+  'loraAlpha',
   'init',
   'epochs',
   'maxSteps',
@@ -124,17 +144,20 @@ function flagOf(name: string): string {
 export function registerTrainCommand(program: Command): void {
   program
     .command('train')
-    .description('train an inducer-tuning module on JSONL data and write the module folder with training_report.json')
+    .description('train a tuning module (inducer, prefix or lora) on JSONL data and write the module folder with training_report.json')
     .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors weights, tokenizer)', pathOption('--model'))
     .requiredOption('--data <file>', 'training data: JSONL lines {"prompt": ..., "completion": ...} or {"text": ...}', pathOption('--data'))
     .option('--eval <file>', 'evaluation data in the same format; the module with the lowest eval loss is written, and --early-stopping can end the run', pathOption('--eval'))
     .requiredOption('--out <dir>', 'module folder to create (it must not exist or be empty); checkpoints go to <out>-checkpoint while training runs', pathOption('--out'))
-    .option('--method <name>', 'tuning method: inducer, prefix or lora (only inducer is implemented)', 'inducer')
+    .option('--method <name>', 'tuning method: inducer, prefix (prefix-tuning) or lora (LoRA on the query and value projections)', 'inducer')
     .option('--key-rank <n>', 'width of the inducer key MLP; 0 or 1 means no key MLP', integerOption('--key-rank', 0, 4096), 5)
     .option('--value-rank <n>', 'width of the inducer value MLP', integerOption('--value-rank', 1, 4096), 12)
     .option('--lora-q-rank <n>', 'rank of LoRA on the query projection (off when not given)', integerOption('--lora-q-rank', 1, 4096))
     .option('--lora-q-alpha <a>', 'LoRA scaling numerator; the scale is alpha / rank (default: 2 * rank)', numberOption('--lora-q-alpha', Number.MIN_VALUE, 1e6))
-    .option('--init <kind>', 'default (official code), zero-value (starts equal to the frozen model) or a module folder to continue from', 'default')
+    .option('--prefix-length <n>', `--method prefix: virtual tokens per layer (default ${DEFAULT_PREFIX_LENGTH})`, integerOption('--prefix-length', 1, 4096))
+    .option('--lora-rank <n>', `--method lora: rank of the query and value updates (default ${DEFAULT_LORA_RANK})`, integerOption('--lora-rank', 1, 4096))
+    .option('--lora-alpha <a>', '--method lora: scaling numerator; the scale is alpha / rank (default: 2 * rank)', numberOption('--lora-alpha', Number.MIN_VALUE, 1e6))
+    .option('--init <kind>', 'default (each method\'s own initialisation), zero-value (inducer only: starts equal to the frozen model) or a module folder to continue from', 'default')
     .option('--epochs <n>', `passes over the training data (default ${DEFAULT_EPOCHS} unless --max-steps is given)`, integerOption('--epochs', 1))
     .option('--max-steps <n>', 'optimizer steps to run, across epochs as needed', integerOption('--max-steps', 1))
     .option('--batch-size <n>', 'examples per optimizer step', integerOption('--batch-size', 1, 65536), 8)
@@ -143,7 +166,7 @@ export function registerTrainCommand(program: Command): void {
     .option('--warmup-steps <n>', `linear warm-up steps (default ${PAPER_WARMUP_STEPS}, at most 10% of all steps)`, integerOption('--warmup-steps', 0))
     .option('--schedule <kind>', `learning rate after warm-up: ${SCHEDULE_KINDS.join(', ')} (linear and cosine decay to 0)`, 'linear')
     .option('--label-smoothing <x>', 'label smoothing of the training loss in [0, 1)', numberOption('--label-smoothing', 0, 0.999), 0.1)
-    .option('--dropout <x>', 'dropout probability on the inducer gate and the LoRA-Q input, in [0, 1)', numberOption('--dropout', 0, 0.999), 0.1)
+    .option('--dropout <x>', 'dropout probability on the inducer gate and the LoRA input (prefix modules have none), in [0, 1)', numberOption('--dropout', 0, 0.999), 0.1)
     .option('--max-length <n>', `maximum tokens per example (default: ${DEFAULT_MAX_LENGTH} or the model's context, whichever is smaller)`, integerOption('--max-length', 2))
     .option('--eval-every <n>', 'optimizer steps between evaluations and checkpoints (default: one epoch)', integerOption('--eval-every', 1))
     .option('--early-stopping <n>', 'stop after n evaluations without a lower eval loss (default: never)', integerOption('--early-stopping', 1))
@@ -192,7 +215,7 @@ interface LoadedData {
 /** The settings a checkpoint stores and a resumed run must share. */
 interface RunSettings {
   readonly options: Record<ResumableOption, unknown>;
-  readonly hyper_params: InducerHyperParams;
+  readonly hyper_params: MethodSettings;
   /** Task metadata (prompt template, stop strings) of the `--init` module, carried into the output. */
   readonly task: AdapterTask | null;
   readonly model_sha256: string;
@@ -221,14 +244,26 @@ function applyResumedOptions(options: TrainOptions, stored: Record<string, unkno
 
 /** Checks option values and combinations that commander's parsers cannot check one by one. */
 function validateOptions(options: TrainOptions, explicit: ReadonlySet<string>): void {
-  if (options.method === 'prefix' || options.method === 'lora') {
+  if (!(METHODS as readonly string[]).includes(options.method)) {
+    throw new TrainCommandError(`--method must be ${METHODS.join(', ')}, got "${options.method}"`);
+  }
+  const method = options.method as TuningMethod;
+  for (const other of METHODS) {
+    if (other === method) continue;
+    for (const name of METHOD_OPTIONS[other]) {
+      // Inducer ranks have defaults, so only an explicit one is a mistake; the others are undefined unless given.
+      if (explicit.has(name) || (other !== 'inducer' && options[name] !== undefined)) {
+        throw new TrainCommandError(`${flagOf(name)} applies to --method ${other}, not --method ${method}; leave it out or pass --method ${other}`);
+      }
+    }
+  }
+  if (options.init === 'zero-value' && method !== 'inducer') {
     throw new TrainCommandError(
-      `--method ${options.method} is not implemented yet; only inducer modules can be trained. ` +
-        'Use --method inducer (add --lora-q-rank for LoRA on the query projection)',
+      `--init zero-value applies to --method inducer only; ${method === 'lora' ? 'a fresh LoRA module already equals the frozen model' : 'prefix modules have one initialisation'}, so use --init default`,
     );
   }
-  if (options.method !== 'inducer') {
-    throw new TrainCommandError(`--method must be inducer, prefix or lora, got "${options.method}"`);
+  if (options.loraAlpha !== undefined && options.loraRank === undefined) {
+    throw new TrainCommandError('--lora-alpha needs --lora-rank');
   }
   if (!SCHEDULE_KINDS.includes(options.schedule as ScheduleKind)) {
     throw new TrainCommandError(`--schedule must be one of ${SCHEDULE_KINDS.join(', ')}, got "${options.schedule}"`);
@@ -242,7 +277,7 @@ function validateOptions(options: TrainOptions, explicit: ReadonlySet<string>): 
   if (options.init === '') throw new TrainCommandError('--init is empty; pass default, zero-value or a module folder');
   const isModuleInit = options.init !== 'default' && options.init !== 'zero-value';
   if (isModuleInit) {
-    for (const name of ['keyRank', 'valueRank', 'loraQRank', 'loraQAlpha'] as const) {
+    for (const name of ['keyRank', 'valueRank', 'loraQRank', 'loraQAlpha', 'prefixLength', 'loraRank', 'loraAlpha'] as const) {
       if (explicit.has(name)) {
         throw new TrainCommandError(`${flagOf(name)} cannot be combined with --init ${options.init}: the module folder fixes its ranks; leave ${flagOf(name)} out`);
       }
@@ -321,19 +356,34 @@ async function initialModule(
   options: TrainOptions,
   checkpoint: Checkpoint,
   fingerprint: BaseModelFingerprint,
-): Promise<{ hp: InducerHyperParams; params: Map<string, HostTensor>; task: AdapterTask | null }> {
+): Promise<{ hp: MethodSettings; params: Map<string, HostTensor>; task: AdapterTask | null }> {
   if (options.init === 'default' || options.init === 'zero-value') {
-    const loraQ =
-      options.loraQRank === undefined ? null : { rank: options.loraQRank, alpha: options.loraQAlpha ?? 2 * options.loraQRank, bias: true };
-    const hp: InducerHyperParams = { keyRank: options.keyRank, valueRank: options.valueRank, loraQ };
-    return { hp, params: initInducerTensors(checkpoint.config, hp, options.init, options.seed), task: null };
+    const hp = settingsFromOptions(options);
+    return { hp, params: initModuleTensors(checkpoint.config, hp, options.init, options.seed), task: null };
   }
   const module = await readModule(options.init, { model: checkpoint.config, fingerprint }).catch((cause: unknown) => {
     throw new TrainCommandError(`--init ${options.init}: ${(cause as Error).message}`, { cause });
   });
+  if (module.config.method !== options.method) {
+    throw new TrainCommandError(
+      `--init ${options.init} is a ${module.config.method} module but --method is ${options.method}; pass --method ${module.config.method} to continue training it`,
+    );
+  }
   const params = new Map<string, HostTensor>();
   for (const [name, tensor] of module.tensors) params.set(name, { dtype: 'float32', shape: [...tensor.shape], data: tensor.data.slice() });
   return { hp: hyperParamsOf(module.config), params, task: module.config.task ?? null };
+}
+
+/** Returns the settings of a fresh module from the method's options and their defaults. */
+function settingsFromOptions(options: TrainOptions): MethodSettings {
+  if (options.method === 'prefix') return { method: 'prefix', prefixLength: options.prefixLength ?? DEFAULT_PREFIX_LENGTH };
+  if (options.method === 'lora') {
+    const rank = options.loraRank ?? DEFAULT_LORA_RANK;
+    return { method: 'lora', rank, alpha: options.loraAlpha ?? 2 * rank };
+  }
+  const loraQ =
+    options.loraQRank === undefined ? null : { rank: options.loraQRank, alpha: options.loraQAlpha ?? 2 * options.loraQRank, bias: true };
+  return { keyRank: options.keyRank, valueRank: options.valueRank, loraQ };
 }
 
 /** Opens the per-step log: appended to on resume, replaced otherwise. */
@@ -408,7 +458,7 @@ export async function runTrainCommand(options: TrainOptions, context: TrainConte
   for (const line of describeStats('train', train.report.stats, maxLength)) say(line);
   if (evalData !== null) for (const line of describeStats('eval', evalData.report.stats, maxLength)) say(line);
 
-  let hp: InducerHyperParams;
+  let hp: MethodSettings;
   let params: Map<string, HostTensor>;
   let task: AdapterTask | null;
   if (resume !== undefined && storedSettings !== undefined) {
@@ -479,7 +529,7 @@ export async function runTrainCommand(options: TrainOptions, context: TrainConte
     resumedFromStep,
   });
   // The draft supplies a validated config; its freshly drawn tensors are replaced by the trained ones.
-  const draft = createInducerModule(config, fingerprint, hp, { init: 'default', seed: options.seed, ...(task === null ? {} : { task }) });
+  const draft = createModule(config, fingerprint, hp, { init: 'default', seed: options.seed, ...(task === null ? {} : { task }) });
   const module = createTuningModule({ ...draft.config, training: summarizeTraining(report) }, result.selectedParams);
   await publishModule(outDir, async (staging) => {
     await writeModule(staging, module);
@@ -499,7 +549,7 @@ export async function runTrainCommand(options: TrainOptions, context: TrainConte
 interface PreparedRun {
   readonly config: ModelConfig;
   readonly weights: ReadonlyMap<string, HostTensor>;
-  readonly hp: InducerHyperParams;
+  readonly hp: MethodSettings;
   readonly params: Map<string, HostTensor>;
   readonly train: readonly TrainingExample[];
   readonly eval: readonly TrainingExample[] | null;
@@ -582,12 +632,10 @@ function checkResumedData(
 }
 
 /** Hyper-parameters as the report lists them. */
-function hyperParameterSummary(options: TrainOptions, hp: InducerHyperParams, settings: LoopSettings, maxLength: number): Record<string, unknown> {
+function hyperParameterSummary(options: TrainOptions, hp: MethodSettings, settings: LoopSettings, maxLength: number): Record<string, unknown> {
   return {
-    method: options.method,
-    key_rank: hp.keyRank,
-    value_rank: hp.valueRank,
-    lora_q: hp.loraQ,
+    method: methodOf(hp),
+    ...methodSummary(hp),
     init: options.init,
     batch_size: settings.batchSize,
     learning_rate: settings.learningRate,
@@ -607,6 +655,13 @@ function hyperParameterSummary(options: TrainOptions, hp: InducerHyperParams, se
     bucket_by_length: settings.bucketByLength,
     seed: settings.seed,
   };
+}
+
+/** The method's hyper-parameters as the report lists them. */
+function methodSummary(hp: MethodSettings): Record<string, unknown> {
+  if (hp.method === 'prefix') return { prefix_length: hp.prefixLength };
+  if (hp.method === 'lora') return { lora_rank: hp.rank, lora_alpha: hp.alpha, target_modules: ['q', 'v'] };
+  return { key_rank: hp.keyRank, value_rank: hp.valueRank, lora_q: hp.loraQ };
 }
 
 /**

@@ -1,13 +1,17 @@
 /**
  * The decoder skeleton shared by every family: embeddings, L blocks of
  * `x + attention(norm(x))` then `x + mlp(norm(x))`, final norm, LM head. Attention carries the
- * inducer-tuning hook; module parameters are graph inputs stacked over slots, and `slot_ids`
- * picks each row's module. One graph serves prefill (past = 0) and cached decoding.
+ * hooks of all three tuning methods (inducer-tuning, prefix-tuning, LoRA on query and value).
+ * Module parameters are graph inputs stacked over slots, and `slot_ids` picks each row's module.
+ * A slot holds one module, and the other methods' inputs of that slot are zero, which makes their
+ * hooks no-ops. One graph serves prefill (past = 0) and cached decoding.
  * @module
  */
 import { GraphBuilder } from '../graph/builder.js';
 import type { Graph, Value } from '../graph/ir.js';
 import { inducerGate, inducerValue, loraQueryDelta, type LayerModuleParams } from '../tuning/inducer-graph.js';
+import { loraDelta } from '../tuning/lora.js';
+import { prefixScores, type LayerPrefix } from '../tuning/prefix.js';
 import type { ModelConfig } from './config.js';
 import type { DecoderFamily } from './families/family.js';
 import { gpt2Family } from './families/gpt2.js';
@@ -20,6 +24,13 @@ import { WeightBank } from './weight-bank.js';
 /** Logit given to masked keys: finite, so a row with every key masked still gives a finite softmax. */
 export const MASKED_LOGIT = -1e9;
 
+/**
+ * Logit given to masked prefix columns. It lies 1e9 below {@link MASKED_LOGIT}, so exp of the
+ * difference is 0 in float32 and a row with every token masked (padding) gives masked prefix
+ * columns weight 0 too, as a graph without prefix columns would.
+ */
+export const MASKED_PREFIX_LOGIT = 2 * MASKED_LOGIT;
+
 export function familyOf(config: ModelConfig): DecoderFamily {
   return config.family === 'gpt2' ? gpt2Family(config) : llamaFamily(config);
 }
@@ -28,7 +39,7 @@ export function familyOf(config: ModelConfig): DecoderFamily {
 type StackedModule = Record<keyof typeof MODULE_INPUT, Value>;
 
 function declareModuleInputs(b: GraphBuilder, config: ModelConfig): StackedModule {
-  const { numLayers: L, numHeads: H, headDim: d, hiddenSize: D } = config;
+  const { numLayers: L, numHeads: H, numKeyValueHeads: KVH, headDim: d, hiddenSize: D } = config;
   const Dq = H * d;
   const S = DIM.slots;
   const shapes: Record<keyof typeof MODULE_INPUT, (string | number)[]> = {
@@ -44,6 +55,11 @@ function declareModuleInputs(b: GraphBuilder, config: ModelConfig): StackedModul
     loraB: [S, L, Dq, DIM.loraRank],
     loraBias: [S, L, Dq],
     loraScale: [S],
+    loraValueA: [S, L, DIM.loraRank, D],
+    loraValueB: [S, L, KVH * d, DIM.loraRank],
+    prefixKey: [S, L, KVH, DIM.prefixLength, d],
+    prefixValue: [S, L, KVH, DIM.prefixLength, d],
+    prefixMask: [S, DIM.prefixLength],
   };
   return Object.fromEntries(
     (Object.keys(MODULE_INPUT) as (keyof typeof MODULE_INPUT)[]).map((key) => [key, b.input(MODULE_INPUT[key], 'float32', shapes[key])]),
@@ -54,9 +70,28 @@ function gatherRows(b: GraphBuilder, stacked: StackedModule, slotIds: Value): St
   return Object.fromEntries(Object.entries(stacked).map(([key, value]) => [key, b.gather(value, slotIds, 0)])) as StackedModule;
 }
 
-function layerParams(b: GraphBuilder, rows: StackedModule, layer: number): LayerModuleParams {
+/** One layer's parameters of every method for every batch row. */
+interface LayerParams {
+  readonly inducer: LayerModuleParams;
+  /** [B, r, D] */
+  readonly loraValueA: Value;
+  /** [B, KVH*d, r] */
+  readonly loraValueB: Value;
+  readonly prefix: LayerPrefix;
+}
+
+function layerParams(b: GraphBuilder, rows: StackedModule, layer: number): LayerParams {
   const index = b.constInt([layer], []);
   const pick = (v: Value): Value => b.gather(v, index, 1);
+  return {
+    inducer: inducerLayerParams(rows, pick),
+    loraValueA: pick(rows.loraValueA),
+    loraValueB: pick(rows.loraValueB),
+    prefix: { key: pick(rows.prefixKey), value: pick(rows.prefixValue), mask: rows.prefixMask },
+  };
+}
+
+function inducerLayerParams(rows: StackedModule, pick: (v: Value) => Value): LayerModuleParams {
   return {
     keyDownWeight: pick(rows.keyDownWeight),
     keyDownBias: pick(rows.keyDownBias),
@@ -96,7 +131,7 @@ function visibilityMask(b: GraphBuilder, inputIds: Value, attentionMask: Value):
 export interface DecoderDropoutMasks {
   /** [L, B, H, N, 1]: multiplies the inducer gate lambda of each layer before the value path uses it. */
   readonly gate?: Value;
-  /** [L, B, N, D]: multiplies the LoRA-Q input X of each layer. */
+  /** [L, B, N, D]: multiplies the LoRA input X of each layer, for the query and the value update alike. */
   readonly loraInput?: Value;
 }
 
@@ -114,18 +149,25 @@ function layerMask(b: GraphBuilder, stacked: Value | undefined, layer: number): 
   return stacked ? b.gather(stacked, b.constInt([layer], []), 0) : undefined;
 }
 
-/** One attention sub-layer with the inducer hook; returns its output [B, N, D] (before the residual). */
-function attention(b: GraphBuilder, ctx: AttentionContext, layer: number, x: Value, module: LayerModuleParams): Value {
+/**
+ * One attention sub-layer with the hooks of every method; returns its output [B, N, D] (before the
+ * residual). LoRA corrects the query and value projections before rotation. The prefix columns
+ * join the softmax but not the present KV outputs, so the cache contains real tokens only.
+ */
+function attention(b: GraphBuilder, ctx: AttentionContext, layer: number, x: Value, params: LayerParams): Value {
   const { config, family, weights } = ctx;
   const { numHeads: H, numKeyValueHeads: KVH, headDim: d } = config;
+  const module = params.inducer;
   const groups = H / KVH;
   const projections = family.project(b, weights, layer, x);
   const loraInputMask = layerMask(b, ctx.dropout.loraInput, layer); // [B, N, D] or undefined
   const query = b.add(projections.query, loraQueryDelta(b, x, module, loraInputMask)); // [B, N, H*d]
+  const valueDelta = loraDelta(b, x, params.loraValueA, params.loraValueB, module.loraScale, loraInputMask); // [B, N, KVH*d]
+  const value = b.add(projections.value, valueDelta);
 
   let q = b.transpose(b.reshape(query, [0, 0, H, d]), [0, 2, 1, 3]); // [B, H, N, d]
   let k = b.transpose(b.reshape(projections.key, [0, 0, KVH, d]), [0, 2, 1, 3]); // [B, KVH, N, d]
-  const v = b.transpose(b.reshape(projections.value, [0, 0, KVH, d]), [0, 2, 1, 3]); // [B, KVH, N, d]
+  const v = b.transpose(b.reshape(value, [0, 0, KVH, d]), [0, 2, 1, 3]); // [B, KVH, N, d]
   if (ctx.rotary) {
     q = applyRotary(b, q, ctx.rotary, d);
     k = applyRotary(b, k, ctx.rotary, d);
@@ -145,15 +187,22 @@ function attention(b: GraphBuilder, ctx: AttentionContext, layer: number, x: Val
   const valuesForGroups = groups === 1 ? values : b.unsqueeze(values, [2]); // [B, KVH, 1, M, d]
   const visible = groups === 1 ? ctx.visible : b.unsqueeze(ctx.visible, [1]); // [B, 1, (1,) N, M]
 
-  const scores = b.mul(b.matMul(grouped, keysForGroups), b.constFloat([1 / Math.sqrt(d)], [])); // [B, KVH, (G,) N, M]
-  const masked = b.where(visible, scores, b.constFloat([MASKED_LOGIT], []));
+  const scale = 1 / Math.sqrt(d);
+  const scores = b.mul(b.matMul(grouped, keysForGroups), b.constFloat([scale], [])); // [B, KVH, (G,) N, M]
+  const visibleScores = b.where(visible, scores, b.constFloat([MASKED_LOGIT], []));
+
+  // Prefix columns go first: one softmax over [prefix | cached and new tokens], P + M columns.
+  const prefixLogits = prefixScores(b, grouped, params.prefix, groups !== 1, scale, MASKED_PREFIX_LOGIT); // [B, KVH, (G,) N, P]
+  const masked = b.concat([prefixLogits, visibleScores], -1, DIM.attended); // [B, KVH, (G,) N, P+M]
+  const prefixValues = groups === 1 ? params.prefix.value : b.unsqueeze(params.prefix.value, [2]); // [B, KVH, (1,) P, d]
+  const attendedValues = b.concat([prefixValues, valuesForGroups], -2, DIM.attended); // [B, KVH, (1,) P+M, d]
   const rowMax = b.reduceMax(masked, [-1]);
   const exps = b.exp(b.sub(masked, rowMax));
   const rowSum = b.reduceSum(exps, [-1]);
   const probabilities = b.div(exps, rowSum);
   const logSumExp = b.add(rowMax, b.log(rowSum)); // [B, KVH, (G,) N, 1]
 
-  const context = b.matMul(probabilities, valuesForGroups); // [B, KVH, (G,) N, d]
+  const context = b.matMul(probabilities, attendedValues); // [B, KVH, (G,) N, d]
   const perHead = groups === 1 ? context : b.reshape(context, [0, H, -1, d]); // [B, H, N, d]
   const merged = b.reshape(b.transpose(perHead, [0, 2, 1, 3]), [0, 0, H * d]); // [B, N, H*d]
   const output = family.outputProjection(b, weights, layer, merged); // [B, N, D]

@@ -20,6 +20,10 @@ export const DIM = {
   keyRank: 'key_rank',
   valueRank: 'value_rank',
   loraRank: 'lora_rank',
+  /** Prefix columns P of the widest prefix in the slot table (narrower prefixes are padded with masked columns). */
+  prefixLength: 'prefix_length',
+  /** prefix_length + total: the key columns that one softmax covers. */
+  attended: 'attended',
 } as const;
 
 export const INPUT = {
@@ -46,7 +50,10 @@ export const OUTPUT_LOGITS = 'logits';
 
 /**
  * Module parameters as graph inputs, stacked over slots and layers (`[slots, layers, ...]`), so a
- * batch mixes modules by `slot_ids`. Shapes use H query heads, d head size, D model width, Dq = H*d.
+ * batch mixes modules by `slot_ids`. Shapes use H query heads, KVH key/value heads, d head size,
+ * D model width, Dq = H*d. The inducer's LoRA-Q and the `lora` method's query update share the
+ * `module.lora_q.*` inputs. The `lora` method's value update has its own A and B and shares the
+ * `lora_rank` dim and the scale.
  */
 export const MODULE_INPUT = {
   /** [slots, L, H, d, key_rank] */
@@ -71,8 +78,18 @@ export const MODULE_INPUT = {
   loraB: 'module.lora_q.B',
   /** [slots, L, Dq] */
   loraBias: 'module.lora_q.bias',
-  /** [slots]: alpha / rank of each slot's LoRA-Q (0 for slots without LoRA-Q). */
+  /** [slots]: alpha / rank of each slot's LoRA (0 for slots without LoRA). */
   loraScale: 'module.lora_q.scale',
+  /** [slots, L, lora_rank, D]: A of the `lora` method's value update. */
+  loraValueA: 'module.lora_v.A',
+  /** [slots, L, KVH*d, lora_rank]: B of the `lora` method's value update. */
+  loraValueB: 'module.lora_v.B',
+  /** [slots, L, KVH, prefix_length, d]: prefix-tuning's virtual keys (not rotated). */
+  prefixKey: 'module.prefix.key',
+  /** [slots, L, KVH, prefix_length, d]: prefix-tuning's virtual values. */
+  prefixValue: 'module.prefix.value',
+  /** [slots, prefix_length]: 1 for a real prefix column of the slot, 0 for a masked one (slot 0, padding). */
+  prefixMask: 'module.prefix.mask',
 } as const;
 
 export type ModuleInputName = (typeof MODULE_INPUT)[keyof typeof MODULE_INPUT];

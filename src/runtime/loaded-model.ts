@@ -51,15 +51,17 @@ const slotModules = new WeakMap<TuningModule, SlotModule>();
 export function slotModuleOf(module: TuningModule): SlotModule {
   let view = slotModules.get(module);
   if (!view) {
-    view = {
-      keyRank: module.config.key_rank,
-      valueRank: module.config.value_rank,
-      loraQ: module.config.lora_q,
-      tensors: module.tensors,
-    };
+    view = slotViewOf(module);
     slotModules.set(module, view);
   }
   return view;
+}
+
+function slotViewOf(module: TuningModule): SlotModule {
+  const config = module.config;
+  if (config.method === 'prefix') return { method: 'prefix', prefixLength: config.prefix_length, tensors: module.tensors };
+  if (config.method === 'lora') return { method: 'lora', rank: config.rank, alpha: config.alpha, tensors: module.tensors };
+  return { keyRank: config.key_rank, valueRank: config.value_rank, loraQ: config.lora_q, tensors: module.tensors };
 }
 
 /** Reads a module folder and validates it against the loaded model. */

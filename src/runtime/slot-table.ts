@@ -3,20 +3,42 @@
  * Slot 0 is the all-zero module (the frozen model). A module is copied into a slot once and
  * stays there until its slot is reused, so a decode step does not repack parameters.
  * Ranks are padded with zeros to the table's ranks, which is exact: a zero unit contributes
- * tanh(0 + 0) * 0 = 0 to the value path, 0 to the inducer key and 0 to LoRA.
+ * tanh(0 + 0) * 0 = 0 to the value path, 0 to the inducer key and 0 to LoRA. Prefixes are padded
+ * to the table's prefix length with columns whose mask is 0, which get softmax weight 0; a slot
+ * without a prefix module has every prefix column masked.
  * @module
  */
 import type { ModelConfig } from '../model/config.js';
 import { MODULE_INPUT, type ModuleInputName } from '../model/graph-io.js';
 import type { HostTensor } from '../model/tensor.js';
 
-/** The part of a module that the slot table uses: its ranks, and its tensors named as in the module file. */
-export interface SlotModule {
+/** The part of an inducer module that the slot table uses: its ranks, and its tensors named as in the module file. */
+export interface InducerSlotModule {
+  /** Absent or 'inducer'. */
+  readonly method?: 'inducer';
   readonly keyRank: number;
   readonly valueRank: number;
   readonly loraQ: { readonly rank: number; readonly alpha: number; readonly bias: boolean } | null;
   readonly tensors: ReadonlyMap<string, HostTensor>;
 }
+
+/** A prefix-tuning module: `layers.{i}.prefix.key` and `.value`, each [KVH, prefixLength, d]. */
+export interface PrefixSlotModule {
+  readonly method: 'prefix';
+  readonly prefixLength: number;
+  readonly tensors: ReadonlyMap<string, HostTensor>;
+}
+
+/** A LoRA module on query and value: `layers.{i}.lora.q.A` [r, D], `.q.B` [H*d, r], `.v.A` [r, D], `.v.B` [KVH*d, r]. */
+export interface LoraSlotModule {
+  readonly method: 'lora';
+  readonly rank: number;
+  readonly alpha: number;
+  readonly tensors: ReadonlyMap<string, HostTensor>;
+}
+
+/** A module of any method as the slot table reads it. */
+export type SlotModule = InducerSlotModule | PrefixSlotModule | LoraSlotModule;
 
 /** A module's parameter tensor as a graph input buffer: data plus dims. */
 export interface SlotBuffer {
@@ -28,6 +50,14 @@ interface Ranks {
   key: number;
   value: number;
   lora: number;
+  prefix: number;
+}
+
+/** Returns the table ranks that `m` needs, 1 for the parts it does not have. */
+function ranksOf(m: SlotModule): Ranks {
+  if (m.method === 'prefix') return { key: 1, value: 1, lora: 1, prefix: m.prefixLength };
+  if (m.method === 'lora') return { key: 1, value: 1, lora: m.rank, prefix: 1 };
+  return { key: m.keyRank >= 2 ? m.keyRank : 1, value: m.valueRank, lora: m.loraQ?.rank ?? 1, prefix: 1 };
 }
 
 export class SlotCapacityError extends Error {
@@ -36,7 +66,7 @@ export class SlotCapacityError extends Error {
 
 /** Fixed-capacity table of module slots backed by one buffer per graph input. */
 export class SlotTable {
-  private ranks: Ranks = { key: 1, value: 1, lora: 1 };
+  private ranks: Ranks = { key: 1, value: 1, lora: 1, prefix: 1 };
   private buffers = new Map<ModuleInputName, SlotBuffer>();
   /** slot index -> module in it (index 0 is always null, the zero module). */
   private readonly occupant: (SlotModule | null)[];
@@ -55,9 +85,9 @@ export class SlotTable {
   }
 
   private shapes(): Record<ModuleInputName, number[]> {
-    const { numLayers: L, numHeads: H, headDim: d, hiddenSize: D } = this.config;
+    const { numLayers: L, numHeads: H, numKeyValueHeads: KVH, headDim: d, hiddenSize: D } = this.config;
     const S = this.capacity + 1;
-    const { key: rk, value: rv, lora: r } = this.ranks;
+    const { key: rk, value: rv, lora: r, prefix: P } = this.ranks;
     return {
       [MODULE_INPUT.keyDownWeight]: [S, L, H, d, rk],
       [MODULE_INPUT.keyDownBias]: [S, L, H, rk],
@@ -71,6 +101,11 @@ export class SlotTable {
       [MODULE_INPUT.loraB]: [S, L, H * d, r],
       [MODULE_INPUT.loraBias]: [S, L, H * d],
       [MODULE_INPUT.loraScale]: [S],
+      [MODULE_INPUT.loraValueA]: [S, L, r, D],
+      [MODULE_INPUT.loraValueB]: [S, L, KVH * d, r],
+      [MODULE_INPUT.prefixKey]: [S, L, KVH, P, d],
+      [MODULE_INPUT.prefixValue]: [S, L, KVH, P, d],
+      [MODULE_INPUT.prefixMask]: [S, P],
     } as Record<ModuleInputName, number[]>;
   }
 
@@ -109,11 +144,13 @@ export class SlotTable {
     }
     const needed: Ranks = { ...this.ranks };
     for (const m of distinct) {
-      needed.key = Math.max(needed.key, m.keyRank >= 2 ? m.keyRank : 1);
-      needed.value = Math.max(needed.value, m.valueRank);
-      needed.lora = Math.max(needed.lora, m.loraQ?.rank ?? 1);
+      const ranks = ranksOf(m);
+      needed.key = Math.max(needed.key, ranks.key);
+      needed.value = Math.max(needed.value, ranks.value);
+      needed.lora = Math.max(needed.lora, ranks.lora);
+      needed.prefix = Math.max(needed.prefix, ranks.prefix);
     }
-    if (needed.key !== this.ranks.key || needed.value !== this.ranks.value || needed.lora !== this.ranks.lora) {
+    if (needed.key !== this.ranks.key || needed.value !== this.ranks.value || needed.lora !== this.ranks.lora || needed.prefix !== this.ranks.prefix) {
       this.ranks = needed;
       this.allocate();
     }
@@ -191,31 +228,62 @@ export class SlotTable {
   private write(slot: number, m: SlotModule): void {
     this.clearSlot(slot);
     for (let layer = 0; layer < this.config.numLayers; layer++) {
-      const t = (suffix: string): HostTensor | undefined => m.tensors.get(`layers.${layer}.${suffix}`);
-      const pairs: [ModuleInputName, HostTensor | undefined][] = [
-        [MODULE_INPUT.valueDownWeight, t('inducer.value.down.weight')],
-        [MODULE_INPUT.valueDownBias, t('inducer.value.down.bias')],
-        [MODULE_INPUT.valueUpWeight, t('inducer.value.up.weight')],
-        [MODULE_INPUT.valueUpBias, t('inducer.value.up.bias')],
-      ];
-      if (m.keyRank >= 2) {
-        pairs.push(
-          [MODULE_INPUT.keyDownWeight, t('inducer.key.down.weight')],
-          [MODULE_INPUT.keyDownBias, t('inducer.key.down.bias')],
-          [MODULE_INPUT.keyUpWeight, t('inducer.key.up.weight')],
-          [MODULE_INPUT.keyUpBias, t('inducer.key.up.bias')],
-        );
-      }
-      if (m.loraQ) {
-        pairs.push([MODULE_INPUT.loraA, t('lora_q.A')], [MODULE_INPUT.loraB, t('lora_q.B')]);
-        if (m.loraQ.bias) pairs.push([MODULE_INPUT.loraBias, t('lora_q.bias')]);
-      }
-      for (const [name, tensor] of pairs) {
-        if (!tensor) throw new SlotCapacityError(`module is missing the tensor for ${name} in layer ${layer}`);
+      for (const [name, suffix] of tensorSuffixes(m)) {
+        const tensor = m.tensors.get(`layers.${layer}.${suffix}`);
+        if (!tensor) throw new SlotCapacityError(`module is missing the tensor layers.${layer}.${suffix} for ${name}; load modules through readModule, which checks every tensor`);
         this.copyPadded(name, slot, layer, tensor);
       }
     }
     const scale = this.buffers.get(MODULE_INPUT.loraScale) as SlotBuffer;
-    scale.data[slot] = m.loraQ ? m.loraQ.alpha / m.loraQ.rank : 0;
+    scale.data[slot] = loraScaleOf(m);
+    if (m.method === 'prefix') {
+      const mask = this.buffers.get(MODULE_INPUT.prefixMask) as SlotBuffer;
+      const width = mask.dims[1];
+      mask.data.fill(1, slot * width, slot * width + m.prefixLength);
+    }
   }
+}
+
+/** Returns alpha / rank of the module's LoRA, or 0 when it has none. */
+function loraScaleOf(m: SlotModule): number {
+  if (m.method === 'prefix') return 0;
+  if (m.method === 'lora') return m.alpha / m.rank;
+  return m.loraQ ? m.loraQ.alpha / m.loraQ.rank : 0;
+}
+
+/** Lists the stacked inputs that a module fills, each with its module-file tensor name after `layers.{i}.`. */
+export function tensorSuffixes(m: SlotModule): [ModuleInputName, string][] {
+  if (m.method === 'prefix') {
+    return [
+      [MODULE_INPUT.prefixKey, 'prefix.key'],
+      [MODULE_INPUT.prefixValue, 'prefix.value'],
+    ];
+  }
+  if (m.method === 'lora') {
+    return [
+      [MODULE_INPUT.loraA, 'lora.q.A'],
+      [MODULE_INPUT.loraB, 'lora.q.B'],
+      [MODULE_INPUT.loraValueA, 'lora.v.A'],
+      [MODULE_INPUT.loraValueB, 'lora.v.B'],
+    ];
+  }
+  const pairs: [ModuleInputName, string][] = [
+    [MODULE_INPUT.valueDownWeight, 'inducer.value.down.weight'],
+    [MODULE_INPUT.valueDownBias, 'inducer.value.down.bias'],
+    [MODULE_INPUT.valueUpWeight, 'inducer.value.up.weight'],
+    [MODULE_INPUT.valueUpBias, 'inducer.value.up.bias'],
+  ];
+  if (m.keyRank >= 2) {
+    pairs.push(
+      [MODULE_INPUT.keyDownWeight, 'inducer.key.down.weight'],
+      [MODULE_INPUT.keyDownBias, 'inducer.key.down.bias'],
+      [MODULE_INPUT.keyUpWeight, 'inducer.key.up.weight'],
+      [MODULE_INPUT.keyUpBias, 'inducer.key.up.bias'],
+    );
+  }
+  if (m.loraQ) {
+    pairs.push([MODULE_INPUT.loraA, 'lora_q.A'], [MODULE_INPUT.loraB, 'lora_q.B']);
+    if (m.loraQ.bias) pairs.push([MODULE_INPUT.loraBias, 'lora_q.bias']);
+  }
+  return pairs;
 }

@@ -23,7 +23,8 @@ import type { ModelConfig } from '../model/config.js';
 import { addDecoder, type DecoderDropoutMasks } from '../model/decoder.js';
 import { DIM, MODULE_INPUT, type ModuleInputName } from '../model/graph-io.js';
 import type { HostTensor } from '../model/tensor.js';
-import { hasKeyMlp, type InducerHyperParams } from '../tuning/inducer.js';
+import { hasKeyMlp } from '../tuning/inducer.js';
+import type { MethodSettings } from '../tuning/method.js';
 
 /** Names of the inputs and outputs that the training graph adds to the decoder's. */
 export const TRAINING_IO = {
@@ -35,7 +36,7 @@ export const TRAINING_IO = {
   labelSmoothing: 'train.label_smoothing',
   /** float32 [L, batch, H, seq, 1]: dropout mask of the gate lambda (0 or 1/(1-p)). */
   gateDropoutMask: 'train.gate_dropout_mask',
-  /** float32 [L, batch, seq, D]: dropout mask of the LoRA-Q input X (0 or 1/(1-p)). */
+  /** float32 [L, batch, seq, D]: dropout mask of the LoRA input X (0 or 1/(1-p)), for LoRA-Q and the `lora` method. */
   loraDropoutMask: 'train.lora_dropout_mask',
   /** float32 []: the weighted loss. */
   loss: 'train.loss',
@@ -61,11 +62,14 @@ export interface TrainingGraph {
 }
 
 /**
- * Lists the stacked module inputs that a module with `hp` trains: the value MLP always, the key
- * MLP when keyRank >= 2, LoRA-Q's A and B when LoRA-Q is on, and its bias when it has one. The
- * LoRA scale alpha / rank is fixed and never trained.
+ * Lists the stacked module inputs that a module with `hp` trains. Inducer: the value MLP always,
+ * the key MLP when keyRank >= 2, LoRA-Q's A and B when LoRA-Q is on, and its bias when it has
+ * one. Prefix: the virtual keys and values. LoRA: A and B of the query and the value update.
+ * The LoRA scale alpha / rank and the prefix mask are fixed and never trained.
  */
-export function trainedModuleInputs(hp: InducerHyperParams): ModuleInputName[] {
+export function trainedModuleInputs(hp: MethodSettings): ModuleInputName[] {
+  if (hp.method === 'prefix') return [MODULE_INPUT.prefixKey, MODULE_INPUT.prefixValue];
+  if (hp.method === 'lora') return [MODULE_INPUT.loraA, MODULE_INPUT.loraB, MODULE_INPUT.loraValueA, MODULE_INPUT.loraValueB];
   const inputs: ModuleInputName[] = [];
   if (hasKeyMlp(hp.keyRank)) inputs.push(MODULE_INPUT.keyDownWeight, MODULE_INPUT.keyDownBias, MODULE_INPUT.keyUpWeight, MODULE_INPUT.keyUpBias);
   inputs.push(MODULE_INPUT.valueDownWeight, MODULE_INPUT.valueDownBias, MODULE_INPUT.valueUpWeight, MODULE_INPUT.valueUpBias);
@@ -143,8 +147,20 @@ function isTrainingOutput(name: string): boolean {
 }
 
 /**
+ * Returns which dropout masks a module with `hp` takes: the gate mask for inducer modules, the
+ * LoRA input mask for inducer modules with LoRA-Q and for LoRA modules.
+ * NOTE: prefix modules take no dropout, and a LoRA module's query and value updates share one
+ * input mask, where PEFT draws a separate one per target.
+ */
+export function dropoutMasksOf(hp: MethodSettings): { gate: boolean; loraInput: boolean } {
+  if (hp.method === 'prefix') return { gate: false, loraInput: false };
+  if (hp.method === 'lora') return { gate: false, loraInput: true };
+  return { gate: true, loraInput: hp.loraQ !== null };
+}
+
+/**
  * Builds the training graph for a module with `hp`: the decoder's inputs plus the
- * {@link TRAINING_IO} inputs, and the outputs `train.loss`, `train.token_losses` and, with
+ * {@link TRAINING_IO} inputs (dropout masks as {@link dropoutMasksOf} lists), and the outputs `train.loss`, `train.token_losses` and, with
  * `options.gradients`, `grad.<stacked module input>` for each of {@link trainedModuleInputs}.
  * Gradients have the stacked shape `[slots, L, ...]`. The decoder's present KV outputs and every
  * node that no output needs are pruned.
@@ -152,19 +168,17 @@ function isTrainingOutput(name: string): boolean {
 export function buildTrainingGraph(
   config: ModelConfig,
   weights: ReadonlyMap<string, HostTensor>,
-  hp: InducerHyperParams,
+  hp: MethodSettings,
   options: TrainingGraphOptions,
 ): TrainingGraph {
-  const b = new GraphBuilder(`${config.modelType}-inducer-training`);
+  const b = new GraphBuilder(`${config.modelType}-${hp.method ?? 'inducer'}-training`);
   const { numLayers: L, numHeads: H, hiddenSize: D } = config;
 
-  const dropout: DecoderDropoutMasks = options.dropout
-    ? {
-        gate: b.input(TRAINING_IO.gateDropoutMask, 'float32', [L, DIM.batch, H, DIM.seq, 1]),
-        // Without LoRA-Q there is no LoRA input to drop.
-        ...(hp.loraQ !== null ? { loraInput: b.input(TRAINING_IO.loraDropoutMask, 'float32', [L, DIM.batch, DIM.seq, D]) } : {}),
-      }
-    : {};
+  const masks = options.dropout ? dropoutMasksOf(hp) : { gate: false, loraInput: false };
+  const dropout: DecoderDropoutMasks = {
+    ...(masks.gate ? { gate: b.input(TRAINING_IO.gateDropoutMask, 'float32', [L, DIM.batch, H, DIM.seq, 1]) } : {}),
+    ...(masks.loraInput ? { loraInput: b.input(TRAINING_IO.loraDropoutMask, 'float32', [L, DIM.batch, DIM.seq, D]) } : {}),
+  };
   const logits = addDecoder(b, config, weights, dropout); // [R, V]
 
   const labels = b.input(TRAINING_IO.labels, 'int64', [DIM.logitRows]);

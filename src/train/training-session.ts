@@ -1,12 +1,12 @@
 /**
- * Forward and backward passes of inducer-tuning training on ONNX Runtime. One session runs the
+ * Forward and backward passes of module training (inducer-tuning, prefix-tuning or LoRA) on ONNX Runtime. One session runs the
  * training graph (loss and gradients, with dropout masks when dropout > 0). A second,
  * forward-only session without gradients or masks serves {@link TrainingSession.evaluate}; it is
  * created on the first call, so a run that never evaluates does not pay for it.
  *
  * The trained module sits in slot 1 of the decoder's stacked module inputs and every batch row
- * uses it; slot 0 stays zero. Module ranks are exact (no padding), so the slot-1 gradient of a
- * stacked input, cut per layer, is the gradient of the module-file tensor.
+ * uses it; slot 0 stays zero. Module ranks and the prefix length are exact (no padding), so the
+ * slot-1 gradient of a stacked input, cut per layer, is the gradient of the module-file tensor.
  * @module
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -19,8 +19,10 @@ import type { ModelConfig } from '../model/config.js';
 import { INPUT, MODULE_INPUT, pastKey, pastValue, type ModuleInputName } from '../model/graph-io.js';
 import { formatShape, type HostTensor } from '../model/tensor.js';
 import { createRng } from '../runtime/rng.js';
-import { hasKeyMlp, inducerTensorShapes, validateInducerHyperParams, type InducerHyperParams } from '../tuning/inducer.js';
-import { buildTrainingGraph, gradientOutput, TRAINING_IO } from './training-graph.js';
+import { tensorSuffixes } from '../runtime/slot-table.js';
+import { hasKeyMlp } from '../tuning/inducer.js';
+import { moduleTensorShapes, validateMethodSettings, type MethodSettings } from '../tuning/method.js';
+import { buildTrainingGraph, dropoutMasksOf, gradientOutput, TRAINING_IO } from './training-graph.js';
 
 /** One batch, right-padded. labels[b][t] is the target for position t (the id of token t+1) or -100 to ignore. */
 export interface TrainingBatch {
@@ -31,7 +33,7 @@ export interface TrainingBatch {
 
 export interface TrainingOptions {
   readonly labelSmoothing: number; // 0..<1, applied in step() only
-  readonly dropout: number; // probability for dropout on lambda and on the LoRA-Q input, step() only
+  readonly dropout: number; // probability for dropout on lambda and on the LoRA input (none for prefix modules), step() only
 }
 
 export interface StepResult {
@@ -57,25 +59,6 @@ export class TrainingInputError extends Error {
 
 /** Models with at least this many weight bytes are loaded through an external data file (protobuf caps a message at 2 GiB). */
 const EXTERNAL_DATA_THRESHOLD_BYTES = 2 ** 30;
-
-/** Module-file tensor name suffixes per stacked input (the same for every layer). */
-const FILE_SUFFIX: Readonly<Record<Exclude<keyof typeof MODULE_INPUT, 'loraScale'>, string>> = {
-  keyDownWeight: 'inducer.key.down.weight',
-  keyDownBias: 'inducer.key.down.bias',
-  keyUpWeight: 'inducer.key.up.weight',
-  keyUpBias: 'inducer.key.up.bias',
-  valueDownWeight: 'inducer.value.down.weight',
-  valueDownBias: 'inducer.value.down.bias',
-  valueUpWeight: 'inducer.value.up.weight',
-  valueUpBias: 'inducer.value.up.bias',
-  loraA: 'lora_q.A',
-  loraB: 'lora_q.B',
-  loraBias: 'lora_q.bias',
-};
-
-const SUFFIX_BY_INPUT = new Map<ModuleInputName, string>(
-  (Object.keys(FILE_SUFFIX) as (keyof typeof FILE_SUFFIX)[]).map((key) => [MODULE_INPUT[key], FILE_SUFFIX[key]]),
-);
 
 async function createOrtSession(graph: Graph, weightBytes: number): Promise<ort.InferenceSession> {
   // One intra-op thread by default: ONNX Runtime's multithreaded reductions add in a varying order,
@@ -217,7 +200,8 @@ function fillDropoutMask(data: Float32Array, p: number, rng: ReturnType<typeof c
 
 /**
  * Stacked module input buffers `[2, L, ...]` with the trained module in slot 1 and zeros in slot 0.
- * Inputs that the module lacks (key MLP below rank 2, LoRA-Q when off) have rank 1 and stay zero.
+ * Inputs that the module lacks (other methods, key MLP below rank 2, LoRA-Q when off) have rank 1
+ * and stay zero.
  */
 class ModuleBuffers {
   readonly buffers = new Map<ModuleInputName, { data: Float32Array; dims: number[] }>();
@@ -226,13 +210,15 @@ class ModuleBuffers {
 
   constructor(
     private readonly config: ModelConfig,
-    hp: InducerHyperParams,
+    hp: MethodSettings,
     private readonly parameterShapes: ReadonlyMap<string, readonly number[]>,
   ) {
-    const { numLayers: L, numHeads: H, headDim: d, hiddenSize: D } = config;
-    const rk = hasKeyMlp(hp.keyRank) ? hp.keyRank : 1;
-    const rv = hp.valueRank;
-    const r = hp.loraQ?.rank ?? 1;
+    const { numLayers: L, numHeads: H, numKeyValueHeads: KVH, headDim: d, hiddenSize: D } = config;
+    const inducer = hp.method === undefined || hp.method === 'inducer' ? hp : null;
+    const rk = inducer !== null && hasKeyMlp(inducer.keyRank) ? inducer.keyRank : 1;
+    const rv = inducer?.valueRank ?? 1;
+    const r = hp.method === 'lora' ? hp.rank : (inducer?.loraQ?.rank ?? 1);
+    const P = hp.method === 'prefix' ? hp.prefixLength : 1;
     const inner: Record<ModuleInputName, number[]> = {
       [MODULE_INPUT.keyDownWeight]: [H, d, rk],
       [MODULE_INPUT.keyDownBias]: [H, rk],
@@ -246,17 +232,24 @@ class ModuleBuffers {
       [MODULE_INPUT.loraB]: [H * d, r],
       [MODULE_INPUT.loraBias]: [H * d],
       [MODULE_INPUT.loraScale]: [],
+      [MODULE_INPUT.loraValueA]: [r, D],
+      [MODULE_INPUT.loraValueB]: [KVH * d, r],
+      [MODULE_INPUT.prefixKey]: [KVH, P, d],
+      [MODULE_INPUT.prefixValue]: [KVH, P, d],
+      [MODULE_INPUT.prefixMask]: [],
     } as Record<ModuleInputName, number[]>;
     for (const [name, dims] of Object.entries(inner) as [ModuleInputName, number[]][]) {
-      const stacked = name === MODULE_INPUT.loraScale ? [2] : [2, L, ...dims];
+      const stacked = name === MODULE_INPUT.loraScale ? [2] : name === MODULE_INPUT.prefixMask ? [2, P] : [2, L, ...dims];
       this.buffers.set(name, { data: new Float32Array(stacked.reduce((a, b) => a * b, 1)), dims: stacked });
-      const suffix = SUFFIX_BY_INPUT.get(name);
-      if (suffix === undefined) continue;
-      const names = Array.from({ length: L }, (_, layer) => `layers.${layer}.${suffix}`);
-      if (parameterShapes.has(names[0])) this.fileNames.set(name, names);
     }
-    const scale = this.buffers.get(MODULE_INPUT.loraScale);
-    if (scale && hp.loraQ !== null) scale.data[1] = hp.loraQ.alpha / hp.loraQ.rank;
+    for (const [name, suffix] of tensorSuffixes({ ...hp, tensors: new Map() })) {
+      this.fileNames.set(name, Array.from({ length: L }, (_, layer) => `layers.${layer}.${suffix}`));
+    }
+    const scale = (this.buffers.get(MODULE_INPUT.loraScale) as { data: Float32Array }).data;
+    if (hp.method === 'lora') scale[1] = hp.alpha / hp.rank;
+    else if (inducer?.loraQ) scale[1] = inducer.loraQ.alpha / inducer.loraQ.rank;
+    // Slot 1 sees every prefix column; slot 0 keeps them masked.
+    if (hp.method === 'prefix') (this.buffers.get(MODULE_INPUT.prefixMask) as { data: Float32Array }).data.fill(1, P, 2 * P);
   }
 
   /** Copies `params` into slot 1. Throws {@link TrainingInputError} for a missing or misshaped tensor. */
@@ -302,7 +295,7 @@ class ModuleBuffers {
  * Calls share one set of input buffers, so await each `step` or `evaluate` before starting the next.
  */
 export class TrainingSession {
-  /** Module-file tensor names and shapes being trained (same as inducerTensorShapes). */
+  /** Module-file tensor names and shapes being trained (same as moduleTensorShapes). */
   readonly parameterShapes: ReadonlyMap<string, readonly number[]>;
   private readonly buffers: ModuleBuffers;
   private evalSession: Promise<ort.InferenceSession> | null = null;
@@ -312,22 +305,23 @@ export class TrainingSession {
   private constructor(
     private readonly config: ModelConfig,
     private readonly weights: ReadonlyMap<string, HostTensor>,
-    private readonly hp: InducerHyperParams,
+    private readonly hp: MethodSettings,
     private readonly options: TrainingOptions,
     private readonly trainSession: ort.InferenceSession,
     private readonly trainedInputs: readonly ModuleInputName[],
     private readonly weightBytes: number,
   ) {
-    this.parameterShapes = inducerTensorShapes(config, hp);
+    this.parameterShapes = moduleTensorShapes(config, hp);
     this.buffers = new ModuleBuffers(config, hp, this.parameterShapes);
   }
 
   /**
    * Builds the training graph and loads it into ONNX Runtime. Throws {@link TrainingOptionsError}
-   * for invalid options and InducerHyperParamsError for invalid hyper-parameters.
+   * for invalid options and the method's settings error (such as InducerHyperParamsError) for
+   * invalid hyper-parameters.
    */
-  static async create(config: ModelConfig, weights: ReadonlyMap<string, HostTensor>, hp: InducerHyperParams, options: TrainingOptions): Promise<TrainingSession> {
-    validateInducerHyperParams(hp);
+  static async create(config: ModelConfig, weights: ReadonlyMap<string, HostTensor>, hp: MethodSettings, options: TrainingOptions): Promise<TrainingSession> {
+    validateMethodSettings(hp);
     validateOptions(options);
     let weightBytes = 0;
     for (const tensor of weights.values()) weightBytes += tensor.data.byteLength;
@@ -408,16 +402,20 @@ export class TrainingSession {
     }
   }
 
-  /** Draws the dropout masks: every layer's gate mask, then every layer's LoRA-Q input mask. */
+  /** Draws the dropout masks that the method takes: every layer's gate mask, then every layer's LoRA input mask. */
   private dropoutMasks(prepared: PreparedBatch, seed: number): Record<string, ort.Tensor> {
     const { numLayers: L, numHeads: H, hiddenSize: D } = this.config;
     const { batchSize: B, seqLength: N } = prepared;
     const rng = createRng(seed);
     const p = this.options.dropout;
-    const gate = new Float32Array(L * B * H * N);
-    fillDropoutMask(gate, p, rng);
-    const masks: Record<string, ort.Tensor> = { [TRAINING_IO.gateDropoutMask]: new ort.Tensor('float32', gate, [L, B, H, N, 1]) };
-    if (this.hp.loraQ !== null) {
+    const kinds = dropoutMasksOf(this.hp);
+    const masks: Record<string, ort.Tensor> = {};
+    if (kinds.gate) {
+      const gate = new Float32Array(L * B * H * N);
+      fillDropoutMask(gate, p, rng);
+      masks[TRAINING_IO.gateDropoutMask] = new ort.Tensor('float32', gate, [L, B, H, N, 1]);
+    }
+    if (kinds.loraInput) {
       const lora = new Float32Array(L * B * N * D);
       fillDropoutMask(lora, p, rng);
       masks[TRAINING_IO.loraDropoutMask] = new ort.Tensor('float32', lora, [L, B, N, D]);

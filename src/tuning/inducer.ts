@@ -15,6 +15,8 @@
 import type { ModelConfig } from '../model/config.js';
 import { floatTensor, type HostTensor } from '../model/tensor.js';
 import { createRng, type Rng } from '../runtime/rng.js';
+import { loraTensorShapes, type LoraSettings } from './lora.js';
+import { prefixTensorShapes, type PrefixSettings } from './prefix.js';
 
 /** LoRA on the query projection. */
 export interface LoraQSettings {
@@ -28,6 +30,8 @@ export interface LoraQSettings {
 
 /** Hyper-parameters of one inducer-tuning module. */
 export interface InducerHyperParams {
+  /** Absent or 'inducer'; it tells inducer settings apart from the other methods' settings. */
+  readonly method?: 'inducer';
   /** Width r_k of the key MLP. 0 and 1 mean no key MLP (p_k = q); >= 2 adds it. */
   keyRank: number;
   /** Width r_v of the value MLP (integer >= 1). */
@@ -81,7 +85,26 @@ export function hasKeyMlp(keyRank: number): boolean {
  * Names are `layers.{i}.inducer.key.down.weight` and so on. Throws
  * {@link InducerHyperParamsError} for invalid hyper-parameters.
  */
-export function inducerTensorShapes(dims: InducerModelDims, hp: InducerHyperParams): Map<string, number[]> {
+export function inducerTensorShapes(dims: InducerModelDims, hp: InducerHyperParams): Map<string, number[]>;
+/**
+ * Lists the tensors of a module of any method: the overload dispatches prefix and LoRA settings
+ * to `prefixTensorShapes` and `loraTensorShapes`.
+ * NOTE: it exists for callers written before the other methods; new code calls
+ * `moduleTensorShapes` from `method.ts`.
+ */
+export function inducerTensorShapes(
+  dims: InducerModelDims & Pick<ModelConfig, 'numKeyValueHeads'>,
+  settings: InducerHyperParams | PrefixSettings | LoraSettings,
+): Map<string, number[]>;
+export function inducerTensorShapes(
+  dims: InducerModelDims & Partial<Pick<ModelConfig, 'numKeyValueHeads'>>,
+  settings: InducerHyperParams | PrefixSettings | LoraSettings,
+): Map<string, number[]> {
+  if (settings.method === 'prefix' || settings.method === 'lora') {
+    const withKeyValueHeads = { ...dims, numKeyValueHeads: dims.numKeyValueHeads ?? dims.numHeads };
+    return settings.method === 'prefix' ? prefixTensorShapes(withKeyValueHeads, settings) : loraTensorShapes(withKeyValueHeads, settings);
+  }
+  const hp = settings;
   validateInducerHyperParams(hp);
   const { hiddenSize: D, numHeads: H, headDim: d } = dims;
   const queryWidth = H * d; // D_q; differs from D on some Llama-family models

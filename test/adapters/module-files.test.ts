@@ -208,7 +208,7 @@ describe('module files', () => {
       { name: 'empty stop string', change: (c) => (c.task = { stop: ['x', ''] }), fragments: ['task.stop.1:'] },
       { name: 'invalid created_at', change: (c) => (c.created_at = 'yesterday'), fragments: ['created_at:'] },
       { name: 'format_version 2', change: (c) => (c.format_version = 2), fragments: ['format_version:'] },
-      { name: 'unsupported method', change: (c) => (c.method = 'lora'), fragments: ['method "lora" is not supported'] },
+      { name: 'unsupported method', change: (c) => (c.method = 'ia3'), fragments: ['method "ia3" is not supported'] },
     ];
     for (const { name, change, fragments } of schemaCases) {
       it(`rejects config with ${name}`, async () => {

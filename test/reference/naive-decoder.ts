@@ -1,6 +1,7 @@
 /**
- * Deliberately naive float64 reference decoder (GPT-2 and Llama families) with the inducer
- * hook, for checking the production ONNX graphs. One token sequence, positions 0..N-1, causal
+ * Deliberately naive float64 reference decoder (GPT-2 and Llama families) with the hooks of the
+ * three tuning methods (inducer-tuning, prefix-tuning, LoRA on query and value), for checking the
+ * production ONNX graphs. One token sequence, positions 0..N-1, causal
  * attention, no padding, no KV cache: every call recomputes the whole sequence with plain loops.
  *
  * Weights use the canonical names of the checkpoint loader: GPT-2 names without the
@@ -13,7 +14,9 @@ import type { HostTensor } from '../../src/model/tensor.js';
 import { NaiveReferenceError, naiveInducer, naiveLoraQ, type NaiveInducerParams } from './naive-inducer.js';
 
 /** An inducer module as the reference reads it; tensor names and shapes follow the module file format. */
-export interface NaiveModule {
+export interface NaiveInducerModule {
+  /** Absent or 'inducer'. */
+  readonly method?: 'inducer';
   /** Width r_k of the key MLP. Below 2 there is no key MLP and the inducer key is the query. */
   readonly keyRank: number;
   /** Width r_v of the value MLP. */
@@ -23,6 +26,24 @@ export interface NaiveModule {
   /** Tensors such as `layers.0.inducer.value.up.weight` `[H, rv, D]` and `layers.0.lora_q.A` `[r, D]`. */
   readonly tensors: ReadonlyMap<string, HostTensor>;
 }
+
+/** A prefix-tuning module: `layers.{i}.prefix.key` and `layers.{i}.prefix.value`, each `[KVH, P, d]`. */
+export interface NaivePrefixModule {
+  readonly method: 'prefix';
+  readonly prefixLength: number;
+  readonly tensors: ReadonlyMap<string, HostTensor>;
+}
+
+/** A LoRA module: `layers.{i}.lora.q.A` `[r, D]`, `.q.B` `[H*d, r]`, `.v.A` `[r, D]`, `.v.B` `[KVH*d, r]`. */
+export interface NaiveLoraModule {
+  readonly method: 'lora';
+  readonly rank: number;
+  readonly alpha: number;
+  readonly tensors: ReadonlyMap<string, HostTensor>;
+}
+
+/** A module of any method. */
+export type NaiveModule = NaiveInducerModule | NaivePrefixModule | NaiveLoraModule;
 
 type Matrix = number[][];
 
@@ -153,8 +174,18 @@ interface AttentionInputs {
   readonly v: Matrix[];
 }
 
-/** Returns the merged head outputs `[N][H*d]` and the causal masked scores `[H][N][N]`. */
-function causalAttention({ q, k, v }: AttentionInputs): { merged: Matrix; scores: Matrix[] } {
+/** Virtual keys and values per key/value head, `[KVH][P][d]` each, that every query also attends to. */
+interface NaivePrefix {
+  readonly keys: Matrix[];
+  readonly values: Matrix[];
+}
+
+/**
+ * Returns the merged head outputs `[N][H*d]` and the causal masked scores `[H][N][N]` of the
+ * token columns. With a prefix, query i takes one softmax over the P prefix columns and the
+ * tokens 0..i.
+ */
+function causalAttention({ q, k, v }: AttentionInputs, prefix: NaivePrefix | null = null): { merged: Matrix; scores: Matrix[] } {
   const numHeads = q.length;
   const headsPerKv = numHeads / k.length;
   const numTokens = q[0].length;
@@ -175,15 +206,29 @@ function causalAttention({ q, k, v }: AttentionInputs): { merged: Matrix; scores
       }
       headScores.push(row);
 
+      const prefixKeys = prefix === null ? [] : prefix.keys[kvHead];
+      const prefixRow = prefixKeys.map((key) => {
+        let dot = 0;
+        for (let c = 0; c < headDim; c++) dot += q[h][i][c] * key[c];
+        return dot / Math.sqrt(headDim);
+      });
+
       let max = -Infinity;
       for (let j = 0; j <= i; j++) max = Math.max(max, row[j]);
+      for (const value of prefixRow) max = Math.max(max, value);
       let sum = 0;
       const weights = row.map((value) => Math.exp(value - max));
+      const prefixWeights = prefixRow.map((value) => Math.exp(value - max));
       for (const w of weights) sum += w;
+      for (const w of prefixWeights) sum += w;
       for (let j = 0; j <= i; j++) {
         const alpha = weights[j] / sum;
         for (let c = 0; c < headDim; c++) merged[i][h * headDim + c] += alpha * v[kvHead][j][c];
       }
+      prefixWeights.forEach((weight, p) => {
+        const prefixValue = (prefix as NaivePrefix).values[kvHead][p];
+        for (let c = 0; c < headDim; c++) merged[i][h * headDim + c] += (weight / sum) * prefixValue[c];
+      });
     }
     scores.push(headScores);
   }
@@ -191,7 +236,7 @@ function causalAttention({ q, k, v }: AttentionInputs): { merged: Matrix; scores
 }
 
 /** Reads one layer's inducer parameters from a module, checking every shape. */
-function inducerParams(config: ModelConfig, module: NaiveModule, layer: number): NaiveInducerParams {
+function inducerParams(config: ModelConfig, module: NaiveInducerModule, layer: number): NaiveInducerParams {
   const H = config.numHeads;
   const d = config.headDim;
   const D = config.hiddenSize;
@@ -218,7 +263,7 @@ function inducerParams(config: ModelConfig, module: NaiveModule, layer: number):
 }
 
 /** Adds the module's LoRA-Q correction to `q` (`[N][H*d]`, before any rotation) in place. */
-function applyLoraQ(config: ModelConfig, module: NaiveModule, layer: number, attentionInput: Matrix, q: Matrix): void {
+function applyLoraQ(config: ModelConfig, module: NaiveInducerModule, layer: number, attentionInput: Matrix, q: Matrix): void {
   const lora = module.loraQ;
   if (lora === null) return;
   const D = config.hiddenSize;
@@ -228,6 +273,61 @@ function applyLoraQ(config: ModelConfig, module: NaiveModule, layer: number, att
   const B = tensorData(module.tensors, `${prefix}.B`, [Dq, lora.rank], 'module');
   const bias = lora.bias ? tensorData(module.tensors, `${prefix}.bias`, [Dq], 'module') : null;
   addInPlace(q, naiveLoraQ(attentionInput, A, B, bias, lora.alpha, lora.rank));
+}
+
+/** Returns `(alpha / r) (x A^T) B^T`, `[N][out]`, for A `[r, D]` and B `[out, r]`, by plain loops. */
+function loraUpdate(x: Matrix, A: Float32Array, B: Float32Array, rank: number, alpha: number, outWidth: number): Matrix {
+  const width = x[0].length;
+  return x.map((row) => {
+    const hidden = new Array<number>(rank).fill(0);
+    for (let k = 0; k < rank; k++) {
+      for (let c = 0; c < width; c++) hidden[k] += row[c] * A[k * width + c];
+    }
+    const out = new Array<number>(outWidth).fill(0);
+    for (let o = 0; o < outWidth; o++) {
+      for (let k = 0; k < rank; k++) out[o] += B[o * rank + k] * hidden[k];
+      out[o] *= alpha / rank;
+    }
+    return out;
+  });
+}
+
+/**
+ * Applies the module's changes to the projections (`[N][width]`, before any rotation) in place:
+ * LoRA-Q of an inducer module, or the query and value updates of a LoRA module.
+ */
+function adaptProjections(config: ModelConfig, module: NaiveModule | null, layer: number, attentionInput: Matrix, q: Matrix, v: Matrix): void {
+  if (module === null || module.method === 'prefix') return;
+  if (module.method === 'lora') {
+    const D = config.hiddenSize;
+    const Dq = config.numHeads * config.headDim;
+    const Dkv = config.numKeyValueHeads * config.headDim;
+    const r = module.rank;
+    const read = (name: string, shape: readonly number[]): Float32Array => tensorData(module.tensors, `layers.${layer}.lora.${name}`, shape, 'module');
+    addInPlace(q, loraUpdate(attentionInput, read('q.A', [r, D]), read('q.B', [Dq, r]), r, module.alpha, Dq));
+    addInPlace(v, loraUpdate(attentionInput, read('v.A', [r, D]), read('v.B', [Dkv, r]), r, module.alpha, Dkv));
+    return;
+  }
+  applyLoraQ(config, module, layer, attentionInput, q);
+}
+
+/** Reads one layer's prefix as `[KVH][P][d]` keys and values, or returns null for other modules. */
+function prefixOf(config: ModelConfig, module: NaiveModule | null, layer: number): NaivePrefix | null {
+  if (module === null || module.method !== 'prefix') return null;
+  const KVH = config.numKeyValueHeads;
+  const d = config.headDim;
+  const P = module.prefixLength;
+  const read = (name: string): Matrix[] => {
+    const data = tensorData(module.tensors, `layers.${layer}.prefix.${name}`, [KVH, P, d], 'module');
+    return Array.from({ length: KVH }, (_, head) => Array.from({ length: P }, (_, p) => Array.from(data.subarray((head * P + p) * d, (head * P + p + 1) * d))));
+  };
+  return { keys: read('key'), values: read('value') };
+}
+
+/** Returns the inducer's output delta `[N][D]`, or null for a module of another method. */
+function inducerDelta(config: ModelConfig, module: NaiveModule | null, layer: number, q: Matrix[], scores: Matrix[]): Matrix | null {
+  if (module === null || module.method === 'prefix' || module.method === 'lora') return null;
+  return naiveInducer(q, scores, inducerParams(config, module, layer)).delta;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -256,12 +356,13 @@ function gpt2Forward(config: ModelConfig, weights: ReadonlyMap<string, HostTenso
     const q = qkv.map((row) => row.slice(0, D));
     const k = qkv.map((row) => row.slice(D, 2 * D));
     const v = qkv.map((row) => row.slice(2 * D, 3 * D));
-    if (module) applyLoraQ(config, module, layer, attentionInput, q);
+    adaptProjections(config, module, layer, attentionInput, q, v);
 
     const inputs = { q: splitHeads(q, H, d), k: splitHeads(k, H, d), v: splitHeads(v, H, d) };
-    const { merged, scores } = causalAttention(inputs);
+    const { merged, scores } = causalAttention(inputs, prefixOf(config, module, layer));
     const attentionOutput = matmulInOut(merged, w(`${p}.attn.c_proj.weight`, [D, D]), w(`${p}.attn.c_proj.bias`, [D]), D, D);
-    if (module) addInPlace(attentionOutput, naiveInducer(inputs.q, scores, inducerParams(config, module, layer)).delta);
+    const delta = inducerDelta(config, module, layer, inputs.q, scores);
+    if (delta) addInPlace(attentionOutput, delta);
     addInPlace(x, attentionOutput);
 
     const mlpInput = layerNorm(x, w(`${p}.ln_2.weight`, [D]), w(`${p}.ln_2.bias`, [D]), config.normEps);
@@ -300,15 +401,17 @@ function llamaForward(config: ModelConfig, weights: ReadonlyMap<string, HostTens
     const q = matmulOutIn(attentionInput, w(`${p}.self_attn.q_proj.weight`, [Dq, D]), optional(bias, `${p}.self_attn.q_proj.bias`, [Dq]), D, Dq);
     const k = matmulOutIn(attentionInput, w(`${p}.self_attn.k_proj.weight`, [Dkv, D]), optional(bias, `${p}.self_attn.k_proj.bias`, [Dkv]), D, Dkv);
     const v = matmulOutIn(attentionInput, w(`${p}.self_attn.v_proj.weight`, [Dkv, D]), optional(bias, `${p}.self_attn.v_proj.bias`, [Dkv]), D, Dkv);
-    if (module) applyLoraQ(config, module, layer, attentionInput, q);
+    adaptProjections(config, module, layer, attentionInput, q, v);
 
     // LoRA corrects the query before the rotation, and the inducer takes the rotated query.
+    // Prefix keys are used as stored: they carry no position, so they are not rotated.
     const rotate = (heads: Matrix[]): Matrix[] =>
       heads.map((rows) => rows.map((vector, position) => rotateHalf(vector, position, config.ropeTheta)));
     const inputs = { q: rotate(splitHeads(q, H, d)), k: rotate(splitHeads(k, KVH, d)), v: splitHeads(v, KVH, d) };
-    const { merged, scores } = causalAttention(inputs);
+    const { merged, scores } = causalAttention(inputs, prefixOf(config, module, layer));
     const attentionOutput = matmulOutIn(merged, w(`${p}.self_attn.o_proj.weight`, [D, Dq]), optional(outputBias, `${p}.self_attn.o_proj.bias`, [D]), Dq, D);
-    if (module) addInPlace(attentionOutput, naiveInducer(inputs.q, scores, inducerParams(config, module, layer)).delta);
+    const delta = inducerDelta(config, module, layer, inputs.q, scores);
+    if (delta) addInPlace(attentionOutput, delta);
     addInPlace(x, attentionOutput);
 
     const mlpInput = rmsNorm(x, w(`${p}.post_attention_layernorm.weight`, [D]), config.normEps);
@@ -329,7 +432,7 @@ function llamaForward(config: ModelConfig, weights: ReadonlyMap<string, HostTens
 
 /**
  * Computes the logits `[N][V]` of one token sequence at positions 0..N-1 with causal attention
- * and no padding, optionally with an inducer module. Throws {@link NaiveReferenceError} for a
+ * and no padding, optionally with a module of any method. Throws {@link NaiveReferenceError} for a
  * missing or misshaped tensor, an out-of-range token id, a sequence longer than the model's
  * context, or a config with rotary scaling (which this reference does not implement).
  */

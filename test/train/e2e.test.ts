@@ -47,11 +47,11 @@ after(async () => {
 });
 
 describe('inducer train on stories260k', () => {
-  it('reports a method that is not implemented', async () => {
-    await assert.rejects(run(process.execPath, [...trainArgs(path.join(dir, 'prefix'), path.join(dir, 'prefix.jsonl')), '--method', 'prefix']), (error: unknown) => {
+  it('reports an unknown method', async () => {
+    await assert.rejects(run(process.execPath, [...trainArgs(path.join(dir, 'adapter'), path.join(dir, 'adapter.jsonl')), '--method', 'adapter']), (error: unknown) => {
       const failure = error as { code: number; stderr: string };
       assert.equal(failure.code, 1);
-      assert.match(failure.stderr, /^error: --method prefix is not implemented yet/);
+      assert.match(failure.stderr, /^error: --method must be inducer, prefix, lora, got "adapter"/);
       return true;
     });
   });

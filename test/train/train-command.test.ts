@@ -214,9 +214,14 @@ describe('runTrainCommand', () => {
     await assert.rejects(train({ out: path.join(dir, 'ranks'), init: path.join(dir, 'module-a'), keyRank: 3 }, ['keyRank']), /--key-rank cannot be combined with --init/);
   });
 
-  it('reports methods that are not implemented', async () => {
-    await assert.rejects(train({ out: path.join(dir, 'prefix'), method: 'prefix' }), /--method prefix is not implemented yet/);
-    await assert.rejects(train({ out: path.join(dir, 'lora'), method: 'lora' }), /--method lora is not implemented yet/);
+  it('rejects an unknown method', async () => {
+    await assert.rejects(train({ out: path.join(dir, 'adapter'), method: 'adapter' }), /--method must be inducer, prefix, lora, got "adapter"/);
+  });
+
+  it('rejects options of another method', async () => {
+    await assert.rejects(train({ out: path.join(dir, 'mixed'), method: 'lora', prefixLength: 4 }, ['prefixLength']), /--prefix-length applies to --method prefix, not --method lora/);
+    await assert.rejects(train({ out: path.join(dir, 'mixed'), method: 'prefix', keyRank: 3 }, ['keyRank']), /--key-rank applies to --method inducer, not --method prefix/);
+    await assert.rejects(train({ out: path.join(dir, 'mixed'), method: 'prefix', init: 'zero-value' }), /--init zero-value applies to --method inducer only/);
   });
 
   it('rejects --epochs with --max-steps', async () => {

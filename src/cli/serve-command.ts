@@ -15,6 +15,7 @@ import { createApp, type ServerLifecycle } from '../server/app.js';
 import { loadApiKeys } from '../server/auth.js';
 import { CONFIG_ENV_VARS, DEFAULT_MODEL_REPO, resolveServerConfig, type ConfigKey, type ServerConfig } from '../server/config.js';
 import { createMetrics } from '../server/metrics.js';
+import { drainServer } from '../server/shutdown.js';
 
 const ENV_HELP = Object.entries(CONFIG_ENV_VARS)
   .map(([key, variable]) => `  --${key.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`)}`.padEnd(26) + variable)
@@ -48,7 +49,7 @@ export function registerServeCommands(program: Command): void {
     .option('--intra-op-threads <n>', 'ONNX Runtime intra-op threads (default: ONNX Runtime chooses)')
     .option('--api-keys <file>', 'JSON file of hashed API keys with tenants and roles')
     .option('--max-json-bytes <n>', 'size limit of JSON request bodies in bytes (default 1048576)')
-    .option('--max-upload-bytes <n>', 'size limit of each uploaded module file in bytes (default 536870912)')
+    .option('--max-upload-bytes <n>', 'size limit of a module upload (both files and the multipart framing) in bytes (default 536870912)')
     .option('--shutdown-timeout-ms <ms>', 'time running requests get to finish after SIGTERM (default 30000)')
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent (default info)')
     .addHelpText('after', HELP_AFTER)
@@ -143,21 +144,10 @@ export async function runServer(config: ServerConfig): Promise<void> {
     const shutdown = (signal: NodeJS.Signals): void => {
       if (shuttingDown) return;
       shuttingDown = true;
-      lifecycle.draining = true;
-      logger.info({ signal, deadlineMs: config.shutdownTimeoutMs }, 'shutting down: no new connections, waiting for running requests');
-      server.close();
-      server.closeIdleConnections();
-      backend
-        .shutdown(config.shutdownTimeoutMs)
-        .catch((error: unknown) => logger.error({ err: error }, 'backend shutdown failed'))
-        .finally(() => {
-          // Streams of cancelled jobs ended with the backend; give their last bytes a moment, then close what remains.
-          setTimeout(() => {
-            server.closeAllConnections();
-            logger.info('server stopped');
-            resolve();
-          }, 100);
-        });
+      logger.info({ signal, deadlineMs: config.shutdownTimeoutMs }, 'shutting down');
+      void drainServer({ server, backend, lifecycle, timeoutMs: config.shutdownTimeoutMs, logger })
+        .catch((error: unknown) => logger.error({ err: error }, 'shutdown failed'))
+        .finally(resolve);
     };
     process.once('SIGTERM', shutdown);
     process.once('SIGINT', shutdown);

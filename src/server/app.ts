@@ -19,7 +19,7 @@ export type { AppDeps, ServedModel, ServerLifecycle, BodyLimits } from './contex
 
 /** Default size limit of JSON bodies: 1 MiB. */
 export const DEFAULT_MAX_JSON_BYTES = 1024 * 1024;
-/** Default size limit of each file of a module upload: 512 MiB. */
+/** Default size limit of a module upload's multipart body: 512 MiB. */
 export const DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024;
 
 /** Client-sent request ids are kept when they look like ids; anything else is replaced. */
@@ -30,10 +30,27 @@ interface BodyParserError extends Error {
   type: string;
   status?: number;
   limit?: number;
+  /** The body text, on parse failures. */
+  body?: string;
 }
 
 function isBodyParserError(error: unknown): error is BodyParserError {
   return error instanceof Error && typeof (error as Partial<BodyParserError>).type === 'string' && 'status' in error;
+}
+
+/**
+ * Describes the JSON value of a body that body-parser rejected in strict mode, such as `null` or
+ * `"text"`, or returns null when the body is not valid JSON at all.
+ */
+function describeNonObjectJson(body: string | undefined): string | null {
+  if (body === undefined) return null;
+  let value: unknown;
+  try {
+    value = JSON.parse(body);
+  } catch {
+    return null;
+  }
+  return value === null ? 'null' : typeof value;
 }
 
 /** Converts any error a route throws into the HttpError it is answered with. */
@@ -43,14 +60,28 @@ function toHttpError(error: unknown, limits: BodyLimits): HttpError {
     const seconds = Math.max(1, Math.ceil(error.retryAfterSeconds));
     return new HttpError(429, `the server is busy: ${error.message}`, { code: 'queue_full', headers: { 'Retry-After': String(seconds) }, cause: error });
   }
+  if (error instanceof URIError) {
+    // The router throws a URIError when a path segment such as `%ff` does not decode to UTF-8;
+    // the only route parameter is a module name.
+    return new HttpError(400, 'invalid percent-encoding in the URL path: a module name must be valid UTF-8 percent-encoded (encodeURIComponent)', {
+      param: 'name',
+      code: 'invalid_name',
+      cause: error,
+    });
+  }
   if (error instanceof AdapterError) {
     const status = error.reason === 'not_found' ? 404 : error.reason === 'io' ? 500 : 400;
     return new HttpError(status, error.message, { code: `module_${error.reason}`, cause: error });
   }
   if (isBodyParserError(error)) {
     switch (error.type) {
-      case 'entity.parse.failed':
+      case 'entity.parse.failed': {
+        const found = describeNonObjectJson(error.body);
+        if (found !== null) {
+          return new HttpError(400, `invalid request body: expected a JSON object, got ${found}`, { code: 'invalid_request', cause: error });
+        }
         return new HttpError(400, `invalid JSON in the request body: ${error.message}; send one JSON object`, { code: 'invalid_json', cause: error });
+      }
       case 'entity.too.large':
         return new HttpError(
           413,
@@ -88,6 +119,9 @@ export function createApp(deps: AppDeps): Express {
     const context: RequestContext = { requestId, log: deps.logger.child({ requestId }) };
     Object.assign(res.locals, context);
     res.setHeader('X-Request-Id', requestId);
+    // While the server drains, every response closes its connection, so clients with keep-alive
+    // connections reconnect, reaching another replica once this one stops listening.
+    if (deps.lifecycle?.draining) res.setHeader('Connection', 'close');
     const startedMs = performance.now();
     res.on('finish', () => {
       const route = req.route === undefined ? 'unmatched' : `${req.baseUrl}${String((req.route as { path: unknown }).path)}`;

@@ -28,7 +28,7 @@ export interface ServedModel {
 
 /** Mutable server state that the serve command changes during shutdown. */
 export interface ServerLifecycle {
-  /** Set when shutdown began: `/readyz` answers 503 and new completions are rejected with 503. */
+  /** Set when shutdown began: `/readyz` and new completions get 503, and every response closes its connection. */
   draining: boolean;
 }
 
@@ -36,7 +36,7 @@ export interface ServerLifecycle {
 export interface BodyLimits {
   /** Limit of JSON bodies; default 1 MiB. */
   readonly maxJsonBytes: number;
-  /** Limit of each file of a module upload and of the whole multipart body; default 512 MiB. */
+  /** Limit of the whole multipart body of a module upload, and so of each file in it; default 512 MiB. */
   readonly maxUploadBytes: number;
 }
 

@@ -21,13 +21,34 @@ export const MAX_STOP_STRINGS = 4;
 /** Maximum `logprobs` value, as in the OpenAI completions API. */
 export const MAX_LOGPROBS = 5;
 
+/** Maximum characters of a client-sent value quoted in an error message. */
+const MAX_QUOTED_CHARS = 64;
+
+/** Quotes a client-sent string for an error message, cut to its first 64 characters and its length when longer. */
+export function quoteForMessage(value: string): string {
+  if (value.length <= MAX_QUOTED_CHARS) return JSON.stringify(value);
+  return `${JSON.stringify(value.slice(0, MAX_QUOTED_CHARS))}... (${value.length} characters)`;
+}
+
 /** Wraps a lone string in an array, so `prompt` and `stop` accept a string or an array of strings. */
 function stringOrArray(value: unknown): unknown {
   return typeof value === 'string' ? [value] : value;
 }
 
+/** Returns whether `value` is a prompt of token ids, as the OpenAI API allows: an array of numbers or of number arrays. */
+function isTokenIdPrompt(value: unknown): boolean {
+  if (!Array.isArray(value) || value.length === 0) return false;
+  return value.every((item) => typeof item === 'number' || (Array.isArray(item) && item.every((id) => typeof id === 'number')));
+}
+
+const TOKEN_ID_PROMPT_MESSAGE = 'prompts of token ids are not supported by this server; send the prompt as a string or an array of strings';
+
 const prompt = z.preprocess(
-  stringOrArray,
+  (value, context) => {
+    if (!isTokenIdPrompt(value)) return stringOrArray(value);
+    context.addIssue({ code: 'custom', message: TOKEN_ID_PROMPT_MESSAGE, input: value });
+    return z.NEVER;
+  },
   z
     .array(z.string(), { error: 'expected a string or an array of strings' })
     .min(1, 'expected at least one prompt')
@@ -82,6 +103,7 @@ function describePath(path: readonly PropertyKey[]): string {
  */
 export function validationError(error: z.ZodError, what: string, knownFields: readonly string[]): HttpError {
   const parts: string[] = [];
+  const reported = new Set<string>();
   let param: string | null = null;
   for (const issue of error.issues) {
     if (issue.code === 'unrecognized_keys') {
@@ -95,8 +117,13 @@ export function validationError(error: z.ZodError, what: string, knownFields: re
       continue;
     }
     const field = describePath(issue.path);
+    // One message per field: a value such as 2^60 breaks several rules, and the first one says enough.
+    if (reported.has(field)) continue;
+    reported.add(field);
     param ??= field === '' ? null : field;
-    parts.push(`${field === '' ? '(body)' : field}: ${issue.message}`);
+    // zod reports a missing field as "expected string, received undefined"; say it is missing instead.
+    const missing = issue.code === 'invalid_type' && 'input' in issue && issue.input === undefined;
+    parts.push(`${field === '' ? '(body)' : field}: ${missing ? 'missing; the field is required' : issue.message}`);
   }
   return new HttpError(400, `invalid ${what}: ${parts.join('; ')}`, { param, code: 'invalid_request' });
 }
@@ -106,7 +133,7 @@ export function parseRequest<T extends z.ZodObject>(schema: T, raw: unknown, wha
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new HttpError(400, `invalid ${what}: expected a JSON object`, { code: 'invalid_request' });
   }
-  const result = schema.safeParse(raw);
+  const result = schema.safeParse(raw, { reportInput: true });
   if (!result.success) throw validationError(result.error, what, Object.keys(schema.shape));
   return result.data;
 }
@@ -114,7 +141,7 @@ export function parseRequest<T extends z.ZodObject>(schema: T, raw: unknown, wha
 /** Checks a module name from a URL or request body; throws a 400 {@link HttpError} naming the rule. */
 export function checkName(name: string, param: string): string {
   if (!NAME_PATTERN.test(name)) {
-    throw new HttpError(400, `invalid ${param} ${JSON.stringify(name)}: a name has ${NAME_RULE}`, {
+    throw new HttpError(400, `invalid ${param} ${quoteForMessage(name)}: a name has ${NAME_RULE}`, {
       param,
       code: 'invalid_name',
     });

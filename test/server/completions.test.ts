@@ -96,9 +96,9 @@ describe('completions with the fake backend', () => {
     const body = await response.json();
     assert.equal(body.choices[0].text, 'Hello Once');
     const logprobs = body.choices[0].logprobs;
-    // Prompt: BOS plus 3 pieces, then one generated token.
-    assert.equal(logprobs.tokens.length, 5);
-    assert.deepEqual(logprobs.token_logprobs, [null, -0.5, -0.5, -0.5, -1]);
+    // Prompt: 3 pieces after BOS, which has no text and is left out, then one generated token.
+    assert.equal(logprobs.tokens.length, 4);
+    assert.deepEqual(logprobs.token_logprobs, [-0.5, -0.5, -0.5, -1]);
     assert.equal(backend.submitted.at(-1)?.promptLogprobs, true);
   });
 

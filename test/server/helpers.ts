@@ -8,7 +8,7 @@ import type { Server } from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { writeModule } from '../../src/adapters/module-files.js';
 import { createInducerModule } from '../../src/adapters/module.js';
 import type { AdapterConfig } from '../../src/adapters/adapter-config.js';
@@ -107,7 +107,9 @@ export class FakeBackend implements InferenceBackend {
   }
 
   submit(job: CompletionJob, onEvent: (event: JobEvent) => void): void {
-    if (this.active.size >= this.maxQueue) throw new QueueFullError(`the queue holds ${this.active.size} jobs, its maximum`, 3);
+    if (this.active.size >= this.maxQueue) {
+      throw new QueueFullError(`the waiting queue is full (${this.active.size} of ${this.maxQueue} jobs); retry later`, 3);
+    }
     this.submitted.push(job);
     const entry: FakeJob = { job, onEvent, cancelled: false, numEmitted: 0 };
     this.active.set(job.id, entry);
@@ -135,8 +137,12 @@ export class FakeBackend implements InferenceBackend {
     return { ready: this.ready, waitingJobs: 0, runningJobs: this.active.size };
   }
 
+  /** Waits until no job is active or `deadlineMs` passed, then ends the rest as cancelled, as the worker backend does. */
   async shutdown(deadlineMs: number): Promise<void> {
     this.shutdownDeadlineMs = deadlineMs;
+    const deadline = Date.now() + deadlineMs;
+    while (this.active.size > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+    for (const entry of [...this.active.values()]) this.finish(entry, 'cancelled');
   }
 
   /** Lets held jobs generate. */
@@ -186,6 +192,7 @@ export class FakeBackend implements InferenceBackend {
 
 export interface TestServer {
   url: string;
+  server: Server;
   backend: FakeBackend | InferenceBackend;
   store: AdapterStore;
   metrics: ServerMetrics;
@@ -201,6 +208,7 @@ export async function startServer(options: {
   limits?: { maxJsonBytes?: number; maxUploadBytes?: number };
   metrics?: ServerMetrics;
   modelId?: string;
+  logger?: Logger;
 }): Promise<TestServer> {
   const model = await loadStories();
   const storeDir = await mkdtemp(path.join(tmpdir(), 'inducer-store-'));
@@ -215,7 +223,7 @@ export async function startServer(options: {
     store,
     apiKeys: options.apiKeys ?? null,
     metrics,
-    logger: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
+    logger: options.logger ?? pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
     limits: options.limits,
     lifecycle,
   });
@@ -225,6 +233,7 @@ export async function startServer(options: {
   const port = (server.address() as AddressInfo).port;
   return {
     url: `http://127.0.0.1:${port}`,
+    server,
     backend,
     store,
     metrics,
@@ -232,7 +241,7 @@ export async function startServer(options: {
     storeDir,
     close: async () => {
       server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      if (server.listening) await new Promise<void>((resolve) => server.close(() => resolve()));
       await rm(storeDir, { recursive: true, force: true });
     },
   };

@@ -3,8 +3,9 @@
  * the caller's tenant. A module of another tenant is reported as not found.
  * @module
  */
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import busboy from 'busboy';
 import type { Express, Request, Response } from 'express';
 import { AdapterError } from '../../adapters/module.js';
@@ -35,12 +36,24 @@ export function describeAdapter(adapter: StoredAdapter): Record<string, unknown>
   };
 }
 
-/** Maps a module validation failure to a 400 (or 500 for I/O failures) naming the upload field. */
-function uploadError(error: AdapterError): HttpError {
-  if (error.reason === 'io') return new HttpError(500, `failed to store the module: ${error.message}`, { code: 'storage_error', cause: error });
+/** Removes the server's folder paths from a message, leaving the file names, so errors do not reveal the server's file layout. */
+function withoutServerPaths(message: string, dirs: readonly string[]): string {
+  let result = message;
+  for (const dir of dirs) result = result.replaceAll(`${dir}${path.sep}`, '').replaceAll(dir, '(upload folder)');
+  return result;
+}
+
+/**
+ * Maps a module validation failure to a 400 (or 500 for I/O failures) naming the upload field.
+ * The validation messages start with the path of the file they are about; `stagingDir` is
+ * removed from them.
+ */
+function uploadError(error: AdapterError, stagingDir: string, storeRoot: string): HttpError {
+  const message = withoutServerPaths(error.message, [stagingDir, storeRoot]);
+  if (error.reason === 'io') return new HttpError(500, `failed to store the module: ${message}`, { code: 'storage_error', cause: error });
   const code = error.reason === 'incompatible' ? 'incompatible_module' : 'invalid_module';
-  const param = error.message.includes(ADAPTER_CONFIG_FILE) ? ADAPTER_CONFIG_FILE : ADAPTER_WEIGHTS_FILE;
-  return new HttpError(400, `invalid module upload: ${error.message}`, { param, code, cause: error });
+  const param = message.startsWith(ADAPTER_WEIGHTS_FILE) ? ADAPTER_WEIGHTS_FILE : message.startsWith(ADAPTER_CONFIG_FILE) ? ADAPTER_CONFIG_FILE : null;
+  return new HttpError(400, `invalid module upload: ${message}`, { param, code, cause: error });
 }
 
 function tooLarge(limitBytes: number): HttpError {
@@ -65,22 +78,34 @@ function receiveUpload(req: Request, upload: AdapterUpload, maxUploadBytes: numb
       return;
     }
 
+    const received = new Set<string>();
+    const writes: Promise<void>[] = [];
+    const files: { part: Readable; file: WriteStream }[] = [];
+    let numBodyBytes = 0;
+
     let failed = false;
     const fail = (error: HttpError): void => {
       if (failed) return;
       failed = true;
       req.unpipe(parser);
+      // Stop reading the body: the error response closes the connection.
+      req.off('data', countBytes);
+      req.pause();
+      for (const { part, file } of files) {
+        part.unpipe(file);
+        part.resume();
+        file.destroy();
+      }
       reject(error);
     };
-    const received = new Set<string>();
-    const writes: Promise<void>[] = [];
-    let numBodyBytes = 0;
 
-    req.on('data', (chunk: Buffer) => {
+    // The limit covers the whole body, files and multipart framing together, and is checked as
+    // the bytes arrive, so a chunked body without Content-Length cannot exceed it either.
+    function countBytes(chunk: Buffer): void {
       numBodyBytes += chunk.length;
-      // The multipart framing adds a little to the files; allow for it on top of one file's limit per field.
-      if (numBodyBytes > maxUploadBytes * UPLOAD_FIELDS.length + 64 * 1024) fail(tooLarge(maxUploadBytes));
-    });
+      if (numBodyBytes > maxUploadBytes) fail(tooLarge(maxUploadBytes));
+    }
+    req.on('data', countBytes);
     req.on('error', (cause) => fail(new HttpError(400, `upload failed while reading the body: ${cause.message}`, { cause })));
     req.on('close', () => {
       if (!req.complete) fail(new HttpError(400, 'the client closed the connection before the upload was complete', { code: 'upload_incomplete' }));
@@ -104,13 +129,18 @@ function receiveUpload(req: Request, upload: AdapterUpload, maxUploadBytes: numb
       }
       received.add(field);
       const file = createWriteStream(path.join(upload.dir, field));
+      files.push({ part: stream, file });
       stream.on('limit', () => fail(tooLarge(maxUploadBytes)));
-      writes.push(
-        new Promise<void>((resolveWrite, rejectWrite) => {
-          file.on('finish', () => resolveWrite());
-          file.on('error', rejectWrite);
-        }),
-      );
+      // Busboy emits 'error' on the file stream when the body ends inside this part; without a
+      // listener that error would be uncaught and end the process.
+      stream.on('error', (cause: Error) => fail(new HttpError(400, `invalid multipart body: ${cause.message}`, { code: 'invalid_request', cause })));
+      const write = new Promise<void>((resolveWrite, rejectWrite) => {
+        file.on('finish', () => resolveWrite());
+        file.on('error', rejectWrite);
+      });
+      // After a failure nobody awaits the writes, and destroying a file rejects its write.
+      write.catch(() => undefined);
+      writes.push(write);
       stream.pipe(file);
     });
     parser.on('field', (field) => {
@@ -138,7 +168,8 @@ function receiveUpload(req: Request, upload: AdapterUpload, maxUploadBytes: numb
           }
           if (!failed) resolve();
         },
-        (cause: Error) => fail(new HttpError(500, `failed to write the upload to disk: ${cause.message}`, { code: 'storage_error', cause })),
+        (cause: Error) =>
+          fail(new HttpError(500, `failed to write the upload to disk: ${withoutServerPaths(cause.message, [upload.dir])}`, { code: 'storage_error', cause })),
       );
     });
     req.pipe(parser);
@@ -174,7 +205,7 @@ export function registerAdapterRoutes(app: Express, deps: AppDeps, maxUploadByte
     try {
       result = await upload.commit();
     } catch (error) {
-      if (error instanceof AdapterError) throw uploadError(error);
+      if (error instanceof AdapterError) throw uploadError(error, upload.dir, deps.store.root);
       throw error;
     }
     const { adapter, replaced } = result;

@@ -6,18 +6,34 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Express, Request, Response } from 'express';
-import type { AdapterTask } from '../../adapters/adapter-config.js';
+import { fillPromptTemplate, PROMPT_PLACEHOLDER, type AdapterTask } from '../../adapters/adapter-config.js';
 import type { AdapterLease } from '../../adapters/store.js';
 import { TokenizerError } from '../../model/tokenizer.js';
-import { QueueFullError, type CompletionJob, type JobEvent, type JobModule, type TokenEvent } from '../../runtime/backend.js';
+import type { CompletionJob, JobEvent, JobModule, TokenEvent } from '../../runtime/backend.js';
 import { IncrementalDetokenizer } from '../../runtime/detokenizer.js';
 import { StopStringMatcher } from '../../runtime/stop-strings.js';
 import { contextOf, principalOf, type AppDeps, type ServedModel } from '../context.js';
 import { HttpError } from '../errors.js';
-import { completionRequestSchema, MAX_SEQUENCES_PER_REQUEST, NAME_PATTERN, parseRequest, type CompletionRequest } from '../schemas.js';
+import {
+  completionRequestSchema,
+  MAX_SEQUENCES_PER_REQUEST,
+  NAME_PATTERN,
+  parseRequest,
+  quoteForMessage,
+  type CompletionRequest,
+} from '../schemas.js';
 import { SseStream } from '../sse.js';
 
 type ModelKind = 'base' | 'adapter';
+
+/**
+ * Characters per token assumed when rejecting a prompt before tokenizing it: a prompt longer than
+ * the model's context times this many characters cannot fit, so it is rejected without spending
+ * main-thread time on the tokenizer.
+ */
+// NOTE: this assumes no vocabulary entry decodes to more than 64 characters and that the
+// tokenizer's normalizer does not shrink the text much; both hold for GPT-2 and Llama tokenizers.
+export const MAX_CHARS_PER_TOKEN = 64;
 
 /** The model a request resolved to: the base model, or a leased module version with its task settings. */
 interface ResolvedModel {
@@ -48,6 +64,10 @@ interface ChoiceState {
   logprobs: LogprobsBlock | null;
   /** Set when a stop string was found; later tokens of the job are ignored. */
   stopStringHit: boolean;
+  /** Set when this route cancelled the job (stop string, client gone, another job failed). */
+  cancelRequested: boolean;
+  /** Position in the choice's full text (echoed prompt included) where the next token's logprobs entry starts. */
+  logprobsOffset: number;
   finishReason: 'stop' | 'length' | null;
   finished: boolean;
   promptTokens: number;
@@ -74,7 +94,7 @@ async function resolveModel(deps: AppDeps, tenant: string, name: string): Promis
   if (name === deps.model.id) return { kind: 'base', module: { kind: 'base' }, task: undefined, lease: null };
   const notFound = new HttpError(
     404,
-    `model ${JSON.stringify(name)} not found: use the base model id ${JSON.stringify(deps.model.id)} or the name of one of your modules (GET /v1/models lists them)`,
+    `model ${quoteForMessage(name)} not found: use the base model id ${JSON.stringify(deps.model.id)} or the name of one of your modules (GET /v1/models lists them)`,
     { param: 'model', code: 'model_not_found' },
   );
   if (!NAME_PATTERN.test(name)) throw notFound;
@@ -113,7 +133,7 @@ function emptyLogprobs(): LogprobsBlock {
 
 /**
  * Builds the log-probability entries of one generated token; `previousId` is the token before it
- * and `offset` its position in the choice's text.
+ * and `offset` its position in the choice's full text.
  */
 function tokenLogprobs(model: ServedModel, event: TokenEvent, previousId: number | null, offset: number): LogprobsBlock {
   const top: Record<string, number> = {};
@@ -133,19 +153,57 @@ function appendLogprobs(target: LogprobsBlock, part: LogprobsBlock): void {
   target.text_offset.push(...part.text_offset);
 }
 
-/** Builds the log-probability entries of the echoed prompt: the first token has none, each later one is conditioned on the tokens before it. */
+/** Returns whether a prompt starts with a BOS or EOS token that the tokenizer or {@link encodePrompt} added, which has no text. */
+function startsWithSpecialToken(model: ServedModel, promptIds: readonly number[]): boolean {
+  const first = promptIds[0];
+  return first !== undefined && (first === model.tokenizer.bosTokenId || model.tokenizer.eosTokenIds.includes(first));
+}
+
+/**
+ * Builds the log-probability entries of the echoed prompt, whose text starts at offset 0. A
+ * leading BOS token is left out because the echoed text does not contain it; each other token's
+ * log-probability is conditioned on the tokens before it, so a prompt without BOS has null first.
+ * `logprobs[i]` belongs to `promptIds[i + 1]`.
+ */
 function promptLogprobs(model: ServedModel, promptIds: readonly number[], logprobs: readonly number[]): LogprobsBlock {
   const block = emptyLogprobs();
+  const start = startsWithSpecialToken(model, promptIds) ? 1 : 0;
   let offset = 0;
-  promptIds.forEach((tokenId, i) => {
-    const token = tokenText(model, tokenId, i === 0 ? null : promptIds[i - 1]);
+  for (let i = start; i < promptIds.length; i++) {
+    const token = tokenText(model, promptIds[i], i === start ? null : promptIds[i - 1]);
     block.tokens.push(token);
     block.token_logprobs.push(i === 0 ? null : (logprobs[i - 1] ?? null));
     block.top_logprobs?.push(null);
     block.text_offset.push(offset);
     offset += token.length;
-  });
+  }
   return block;
+}
+
+/**
+ * Returns the prompt the model sees: the request's prompt, inside the module's template when the
+ * module has one. Throws a 400 when the result cannot fit the context even at
+ * {@link MAX_CHARS_PER_TOKEN} characters per token, before any tokenizing.
+ */
+function promptTextOf(model: ServedModel, prompt: string, template: string | undefined, param: string): string {
+  const maxPositions = model.config.maxPositions;
+  const maxChars = maxPositions * MAX_CHARS_PER_TOKEN;
+  // Checking the prompt alone first avoids copying a huge prompt into the template.
+  const templateChars = template === undefined ? 0 : template.length - PROMPT_PLACEHOLDER.length;
+  const numChars = prompt.length + templateChars;
+  if (numChars > maxChars) {
+    throw new HttpError(
+      400,
+      `${param} has ${numChars} characters${template === undefined ? '' : " with the module's prompt template"}, more than the ${maxChars} that can fit the model's context of ${maxPositions} tokens; shorten the prompt`,
+      { param, code: 'context_length_exceeded' },
+    );
+  }
+  return template === undefined ? prompt : fillPromptTemplate(template, prompt);
+}
+
+/** Returns `(seed + sample) mod 2^53`, the seed of the `sample`-th of n samples, without rounding past 2^53 - 1. */
+function sampleSeed(seed: number, sample: number): number {
+  return seed <= Number.MAX_SAFE_INTEGER - sample ? seed + sample : sample - (Number.MAX_SAFE_INTEGER - seed) - 1;
 }
 
 export function registerCompletionRoutes(app: Express, deps: AppDeps): void {
@@ -197,10 +255,14 @@ async function runCompletion(
   const template = resolved.task?.prompt_template;
   const wantLogprobs = request.logprobs != null;
 
-  // Tokenize and check every prompt before submitting anything.
-  const encoded = prompts.map((prompt, i) => {
+  // Check the length of every prompt, then tokenize and check each before submitting anything.
+  const promptTexts = prompts.map((prompt, i) => promptTextOf(model, prompt, template, singlePrompt ? 'prompt' : `prompt[${i}]`));
+  const encoded: { promptText: string; promptIds: number[] }[] = [];
+  for (const [i, promptText] of promptTexts.entries()) {
+    // Tokenizing runs on the main thread; yielding between prompts lets other requests run.
+    if (i > 0) await new Promise((resolve) => setImmediate(resolve));
+    if (res.destroyed) return;
     const param = singlePrompt ? 'prompt' : `prompt[${i}]`;
-    const promptText = template === undefined ? prompt : template.replaceAll('{prompt}', prompt);
     const promptIds = encodePrompt(deps, promptText, param);
     const maxPositions = model.config.maxPositions;
     if (promptIds.length + request.max_tokens > maxPositions) {
@@ -210,8 +272,8 @@ async function runCompletion(
         { param: request.max_tokens > 0 && promptIds.length < maxPositions ? 'max_tokens' : param, code: 'context_length_exceeded' },
       );
     }
-    return { promptText, promptIds };
-  });
+    encoded.push({ promptText, promptIds });
+  }
 
   const choices: ChoiceState[] = [];
   encoded.forEach(({ promptText, promptIds }, promptIndex) => {
@@ -223,7 +285,12 @@ async function runCompletion(
         module: resolved.module,
         promptIds,
         // Each of the n samples gets its own seed, so a seeded request with n > 1 returns n different samples.
-        sampling: { temperature: request.temperature, topK: request.top_k, topP: request.top_p, seed: request.seed == null ? null : request.seed + sample },
+        sampling: {
+          temperature: request.temperature,
+          topK: request.top_k,
+          topP: request.top_p,
+          seed: request.seed == null ? null : sampleSeed(request.seed, sample),
+        },
         maxNewTokens: request.max_tokens,
         stopTokenIds: model.tokenizer.eosTokenIds,
         topLogprobs: request.logprobs ?? 0,
@@ -238,6 +305,9 @@ async function runCompletion(
         text: '',
         logprobs: wantLogprobs ? emptyLogprobs() : null,
         stopStringHit: false,
+        cancelRequested: false,
+        // The echoed prompt's entries start at 0; generated tokens follow the echoed text.
+        logprobsOffset: request.echo ? promptText.length : 0,
         finishReason: null,
         finished: false,
         promptTokens: promptIds.length,
@@ -257,8 +327,13 @@ async function runCompletion(
     settle = resolve;
   });
 
+  const cancelChoice = (choice: ChoiceState): void => {
+    choice.cancelRequested = true;
+    deps.backend.cancel(choice.job.id);
+  };
+
   const cancelUnfinished = (): void => {
-    for (const choice of choices) if (!choice.finished) deps.backend.cancel(choice.job.id);
+    for (const choice of choices) if (!choice.finished) cancelChoice(choice);
   };
 
   const sendChunk = (choice: ChoiceState, text: string, logprobs: LogprobsBlock | null, finishReason: string | null): void => {
@@ -291,9 +366,10 @@ async function runCompletion(
     else deps.metrics.interTokenLatency.observe(kind, (nowMs - choice.lastTokenAtMs) / 1000);
     choice.lastTokenAtMs = nowMs;
 
-    const echoLength = request.echo ? choice.promptText.length : 0;
-    const tokenBlock =
-      choice.logprobs === null ? null : tokenLogprobs(model, event, choice.previousTokenId, echoLength + choice.text.length);
+    // The offset counts the token texts before this one, not `choice.text`, which lags behind
+    // while the stop-string matcher holds back a possible match.
+    const tokenBlock = choice.logprobs === null ? null : tokenLogprobs(model, event, choice.previousTokenId, choice.logprobsOffset);
+    if (tokenBlock !== null) choice.logprobsOffset += tokenBlock.tokens[0].length;
     choice.previousTokenId = event.tokenId;
     if (tokenBlock !== null && choice.logprobs !== null) appendLogprobs(choice.logprobs, tokenBlock);
     const result = choice.matcher.push(choice.detokenizer.push(event.tokenId));
@@ -301,7 +377,7 @@ async function runCompletion(
     if (result.stopped) {
       choice.stopStringHit = true;
       choice.finishReason = 'stop';
-      deps.backend.cancel(choice.job.id);
+      cancelChoice(choice);
     }
   };
 
@@ -310,6 +386,15 @@ async function runCompletion(
     choice.completionTokens = event.completionTokens;
     deps.metrics.promptTokens.inc({ model_kind: resolved.kind }, event.promptTokens);
     deps.metrics.generatedTokens.inc({ model_kind: resolved.kind }, event.completionTokens);
+    if (event.finishReason === 'cancelled' && !choice.cancelRequested && !choice.stopStringHit && failure === null) {
+      // Only a shutdown cancels a job that this route did not cancel: reporting the truncated
+      // text as finished would hide that it was cut off.
+      failure = new HttpError(503, 'the server is shutting down and cancelled the completion before it finished; retry the request on another replica', {
+        code: 'shutting_down',
+      });
+      log.warn({ jobId: event.jobId, completionTokens: event.completionTokens }, 'completion job cancelled by the shutdown');
+      cancelUnfinished();
+    }
     if (!choice.stopStringHit && failure === null) {
       const rest = choice.matcher.push(choice.detokenizer.flush());
       const tail = rest.emit + (rest.stopped ? '' : choice.matcher.flush());
@@ -339,7 +424,8 @@ async function runCompletion(
         return;
       case 'error':
         failure ??= new HttpError(event.status, event.message, { code: event.code });
-        log.error({ jobId: event.jobId, status: event.status, code: event.code, err: event.message }, 'completion job failed');
+        // A 4xx is the client's mistake, not a server fault, so it is logged as a warning.
+        log[event.status >= 500 ? 'error' : 'warn']({ jobId: event.jobId, status: event.status, code: event.code, err: event.message }, 'completion job failed');
         finishChoice(choice);
         cancelUnfinished();
         return;
@@ -358,15 +444,8 @@ async function runCompletion(
     try {
       deps.backend.submit(choice.job, (event) => onEvent(choice, event));
     } catch (cause) {
-      for (const submitted of choices.slice(0, i)) deps.backend.cancel(submitted.job.id);
-      if (cause instanceof QueueFullError) {
-        const retryAfterSeconds = Math.max(1, Math.ceil(cause.retryAfterSeconds));
-        throw new HttpError(429, `the server is busy: ${cause.message}; retry after ${retryAfterSeconds} s`, {
-          code: 'queue_full',
-          headers: { 'Retry-After': String(retryAfterSeconds) },
-          cause,
-        });
-      }
+      // The error handler answers a QueueFullError with 429 and Retry-After.
+      for (const submitted of choices.slice(0, i)) cancelChoice(submitted);
       throw cause;
     }
   }

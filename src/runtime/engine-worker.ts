@@ -39,7 +39,7 @@ export type WorkerRequest =
   | { readonly type: 'evict'; readonly key: string }
   | { readonly type: 'shutdown'; readonly deadlineMs: number };
 
-/** What the main thread learns about the loaded model. */
+/** Facts about the loaded model that the worker sends to the main thread. */
 export interface WorkerModelInfo {
   readonly dir: string;
   readonly config: ModelConfig;
@@ -64,7 +64,7 @@ export type WorkerMessage =
 export const ENGINE_WORKER_TAG = 'inducer-engine-worker';
 
 /**
- * Where a job is inside the worker: `waiting` in the queue, `loading` its module after
+ * Stage of a job inside the worker: `waiting` in the queue, `loading` its module after
  * admission, `ready` for prefill, `running` as a row of the batch.
  */
 type WorkerJobState = 'waiting' | 'loading' | 'ready' | 'running';

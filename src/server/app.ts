@@ -53,7 +53,7 @@ function describeNonObjectJson(body: string | undefined): string | null {
   return value === null ? 'null' : typeof value;
 }
 
-/** Converts any error a route throws into the HttpError it is answered with. */
+/** Converts any error a route throws into the HttpError sent as the response. */
 function toHttpError(error: unknown, limits: BodyLimits): HttpError {
   if (error instanceof HttpError) return error;
   if (error instanceof QueueFullError) {
@@ -101,7 +101,7 @@ function toHttpError(error: unknown, limits: BodyLimits): HttpError {
 /**
  * Builds the app. Routes: `POST /v1/completions`, `GET /v1/models`, `PUT|GET|DELETE
  * /v1/adapters/{name}`, `GET /v1/adapters`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
- * Every response carries `X-Request-Id`; every error is answered in the OpenAI error shape and logged.
+ * Every response carries `X-Request-Id`; every error is sent in the OpenAI error shape and logged.
  */
 export function createApp(deps: AppDeps): Express {
   const limits: BodyLimits = {

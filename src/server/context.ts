@@ -1,5 +1,5 @@
 /**
- * What the app's routes share: the dependencies passed to `createApp` and the per-request
+ * The state that the app's routes share: the dependencies passed to `createApp` and the per-request
  * context (request id, logger, principal) kept in `res.locals`.
  * @module
  */

@@ -117,11 +117,11 @@ export function validationError(error: z.ZodError, what: string, knownFields: re
       continue;
     }
     const field = describePath(issue.path);
-    // One message per field: a value such as 2^60 breaks several rules, and the first one says enough.
+    // One message per field: a value such as 2^60 breaks several rules, and the first message is enough.
     if (reported.has(field)) continue;
     reported.add(field);
     param ??= field === '' ? null : field;
-    // zod reports a missing field as "expected string, received undefined"; say it is missing instead.
+    // zod reports a missing field as "expected string, received undefined", so the message is replaced by one that calls it missing.
     const missing = issue.code === 'invalid_type' && 'input' in issue && issue.input === undefined;
     parts.push(`${field === '' ? '(body)' : field}: ${missing ? 'missing; the field is required' : issue.message}`);
   }

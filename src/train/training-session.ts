@@ -248,7 +248,7 @@ class ModuleBuffers {
     const scale = (this.buffers.get(MODULE_INPUT.loraScale) as { data: Float32Array }).data;
     if (hp.method === 'lora') scale[1] = hp.alpha / hp.rank;
     else if (inducer?.loraQ) scale[1] = inducer.loraQ.alpha / inducer.loraQ.rank;
-    // Slot 1 sees every prefix column; slot 0 keeps them masked.
+    // Slot 1 attends to every prefix column; slot 0 keeps them masked.
     if (hp.method === 'prefix') (this.buffers.get(MODULE_INPUT.prefixMask) as { data: Float32Array }).data.fill(1, P, 2 * P);
   }
 

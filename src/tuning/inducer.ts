@@ -30,7 +30,7 @@ export interface LoraQSettings {
 
 /** Hyper-parameters of one inducer-tuning module. */
 export interface InducerHyperParams {
-  /** Absent or 'inducer'; it tells inducer settings apart from the other methods' settings. */
+  /** Absent or 'inducer'; it distinguishes inducer settings from the other methods' settings. */
   readonly method?: 'inducer';
   /** Width r_k of the key MLP. 0 and 1 mean no key MLP (p_k = q); >= 2 adds it. */
   keyRank: number;

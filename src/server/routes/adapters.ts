@@ -138,7 +138,7 @@ function receiveUpload(req: Request, upload: AdapterUpload, maxUploadBytes: numb
         file.on('finish', () => resolveWrite());
         file.on('error', rejectWrite);
       });
-      // After a failure nobody awaits the writes, and destroying a file rejects its write.
+      // After a failure no code awaits the writes, and destroying a file rejects its write.
       write.catch(() => undefined);
       writes.push(write);
       stream.pipe(file);

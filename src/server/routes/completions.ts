@@ -181,7 +181,7 @@ function promptLogprobs(model: ServedModel, promptIds: readonly number[], logpro
 }
 
 /**
- * Returns the prompt the model sees: the request's prompt, inside the module's template when the
+ * Returns the prompt given to the model: the request's prompt, inside the module's template when the
  * module has one. Throws a 400 when the result cannot fit the context even at
  * {@link MAX_CHARS_PER_TOKEN} characters per token, before any tokenizing.
  */
@@ -444,7 +444,7 @@ async function runCompletion(
     try {
       deps.backend.submit(choice.job, (event) => onEvent(choice, event));
     } catch (cause) {
-      // The error handler answers a QueueFullError with 429 and Retry-After.
+      // The error handler turns a QueueFullError into 429 and Retry-After.
       for (const submitted of choices.slice(0, i)) cancelChoice(submitted);
       throw cause;
     }

@@ -10,10 +10,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { GPT2_SMALL_CONFIG, randomWeights } from './random-weights.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import { parseModelConfig, type ModelConfig } from '../src/model/config.js';
-import { expectedTensorShapes } from '../src/model/checkpoint.js';
-import { floatTensor, type HostTensor } from '../src/model/tensor.js';
+import type { HostTensor } from '../src/model/tensor.js';
 import { Engine, type KvCache } from '../src/runtime/engine.js';
 import type { SlotModule } from '../src/runtime/slot-table.js';
 import { initInducerTensors, type InducerHyperParams } from '../src/tuning/inducer.js';
@@ -21,27 +21,9 @@ import { initInducerTensors, type InducerHyperParams } from '../src/tuning/induc
 const here = path.dirname(fileURLToPath(import.meta.url));
 const STORIES = path.resolve(here, '../../../shared/models/stories260k');
 
-/** GPT-2 small's dimensions (124M parameters). */
-const GPT2_SMALL = { model_type: 'gpt2', vocab_size: 50257, n_embd: 768, n_layer: 12, n_head: 12, n_positions: 1024 };
-
 /** The official code's `inducer-lora` setting: key rank 5, value rank 12, LoRA-Q rank 24. */
 const MODULE_SETTINGS: InducerHyperParams = { keyRank: 5, valueRank: 12, loraQ: { rank: 24, alpha: 32, bias: true } };
 
-function randomWeights(config: ModelConfig, seed: number): Map<string, HostTensor> {
-  let state = seed >>> 0;
-  const weights = new Map<string, HostTensor>();
-  for (const [name, shape] of expectedTensorShapes(config)) {
-    const t = floatTensor(shape);
-    const isNormWeight = /ln_\d\.weight|ln_f\.weight|norm\.weight|layernorm\.weight/.test(name);
-    for (let i = 0; i < t.data.length; i++) {
-      state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-      const uniform = state / 2 ** 32 - 0.5; // std 0.289
-      t.data[i] = isNormWeight ? 1 : uniform * 0.07; // std about 0.02, as GPT-2's initialisation
-    }
-    weights.set(name, t);
-  }
-  return weights;
-}
 
 function modules(config: ModelConfig, count: number): SlotModule[] {
   return Array.from({ length: count }, (_, i) => ({
@@ -120,7 +102,7 @@ async function main(): Promise<void> {
       config = checkpoint.config;
       weights = checkpoint.weights;
     } else if (name === 'gpt2-small') {
-      config = parseModelConfig(GPT2_SMALL);
+      config = parseModelConfig(GPT2_SMALL_CONFIG);
       weights = randomWeights(config, 1);
     } else {
       throw new Error(`unknown model "${name}"; use stories260k or gpt2-small`);

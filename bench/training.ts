@@ -11,17 +11,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { expectedTensorShapes, loadCheckpoint } from '../src/model/checkpoint.js';
+import { GPT2_SMALL_CONFIG, randomWeights } from './random-weights.js';
+import { loadCheckpoint } from '../src/model/checkpoint.js';
 import { parseModelConfig, type ModelConfig } from '../src/model/config.js';
-import { floatTensor, type HostTensor } from '../src/model/tensor.js';
+import type { HostTensor } from '../src/model/tensor.js';
 import { TrainingSession, type TrainingBatch } from '../src/train/training-session.js';
 import { initInducerTensors, type InducerHyperParams } from '../src/tuning/inducer.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const STORIES = path.resolve(here, '../../../shared/models/stories260k');
-
-/** GPT-2 small's dimensions (124M parameters). */
-const GPT2_SMALL = { model_type: 'gpt2', vocab_size: 50257, n_embd: 768, n_layer: 12, n_head: 12, n_positions: 1024 };
 
 /** The official code's `inducer-lora` setting: key rank 5, value rank 12, LoRA-Q rank 24. */
 const MODULE_SETTINGS: InducerHyperParams = { keyRank: 5, valueRank: 12, loraQ: { rank: 24, alpha: 32, bias: true } };
@@ -29,21 +27,6 @@ const MODULE_SETTINGS: InducerHyperParams = { keyRank: 5, valueRank: 12, loraQ: 
 const BATCH_SIZE = 8;
 const SEQ_LENGTH = 64;
 
-/** Uniform weights with a standard deviation of about 0.02 (GPT-2's initialisation scale) and norm weights 1. */
-function randomWeights(config: ModelConfig, seed: number): Map<string, HostTensor> {
-  let state = seed >>> 0;
-  const weights = new Map<string, HostTensor>();
-  for (const [name, shape] of expectedTensorShapes(config)) {
-    const t = floatTensor(shape);
-    const isNormWeight = /ln_\d\.weight|ln_f\.weight|norm\.weight|layernorm\.weight/.test(name);
-    for (let i = 0; i < t.data.length; i++) {
-      state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-      t.data[i] = isNormWeight ? 1 : (state / 2 ** 32 - 0.5) * 0.07;
-    }
-    weights.set(name, t);
-  }
-  return weights;
-}
 
 /** Full rows of pseudo-random tokens; every position but the last has the next token as its label. */
 function makeBatch(vocabSize: number): TrainingBatch {
@@ -87,7 +70,7 @@ async function main(): Promise<void> {
     if (name === 'stories260k') {
       ({ config, weights } = await loadCheckpoint(STORIES));
     } else if (name === 'gpt2-small') {
-      config = parseModelConfig(GPT2_SMALL);
+      config = parseModelConfig(GPT2_SMALL_CONFIG);
       weights = randomWeights(config, 1);
     } else {
       throw new Error(`unknown model "${name}"; use stories260k or gpt2-small`);

@@ -4,13 +4,14 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { ModelConfig } from '../model/config.js';
 import type { BaseModelFingerprint } from '../model/fingerprint.js';
 import { parseSafetensors, readSafetensorsHeader, SafetensorsError, serializeSafetensors } from '../model/safetensors.js';
 import type { HostTensor } from '../model/tensor.js';
 import { inducerTensorShapes } from '../tuning/inducer.js';
+import { syncFolder, writeFileSynced } from '../util/durable-files.js';
 import { parseAdapterConfig } from './adapter-config.js';
 import {
   AdapterError,
@@ -105,32 +106,7 @@ export async function readModule(
   return module;
 }
 
-/** Writes `data` to a new file and flushes it to disk before closing. */
-async function writeFileSynced(file: string, data: Uint8Array | string): Promise<void> {
-  const handle = await open(file, 'wx');
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
-/** Flushes a folder's entries (new files, renames) to disk. */
-async function syncFolder(dir: string): Promise<void> {
-  let handle: FileHandle | undefined;
-  try {
-    handle = await open(dir, 'r');
-    await handle.sync();
-  } catch (cause) {
-    // Some platforms and file systems do not support fsync on folders; the renames still happen there.
-    const code = errorCode(cause);
-    if (code === 'EISDIR' || code === 'EPERM' || code === 'EINVAL') return;
-    throw cause;
-  } finally {
-    await handle?.close();
-  }
-}
 
 /** Returns whether `dir` can be replaced: it does not exist (false), or it is an empty or module folder (true). */
 async function checkReplaceableTarget(dir: string): Promise<boolean> {

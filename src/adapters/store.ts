@@ -19,6 +19,7 @@ import type { BaseModelFingerprint } from '../model/fingerprint.js';
 import { parseAdapterConfig, type AdapterConfig } from './adapter-config.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, readModule } from './module-files.js';
 import { AdapterError } from './module.js';
+import { syncFile, syncFolder } from '../util/durable-files.js';
 
 /** Pattern of tenant and module names: one safe path segment. */
 export const STORE_NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/;
@@ -362,21 +363,4 @@ export function versionKey(tenant: string, name: string, version: string): strin
   return `${tenant}/${name}@${version}`;
 }
 
-async function syncFile(file: string): Promise<void> {
-  const handle = await open(file, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
-async function syncFolder(dir: string): Promise<void> {
-  try {
-    await syncFile(dir);
-  } catch (cause) {
-    // Some file systems do not support fsync on folders; the rename has happened either way.
-    const code = errorCode(cause);
-    if (code !== 'EISDIR' && code !== 'EPERM' && code !== 'EINVAL') throw cause;
-  }
-}

@@ -5,10 +5,11 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseSafetensors, SafetensorsError, serializeSafetensors } from '../model/safetensors.js';
 import type { HostTensor } from '../model/tensor.js';
+import { writeFileSynced } from '../util/durable-files.js';
 import type { AdamWState } from './optimizer.js';
 
 /** Version of the checkpoint layout; a reader rejects other versions. */
@@ -79,15 +80,6 @@ export interface TrainingCheckpoint {
   readonly bestParams: ReadonlyMap<string, HostTensor> | null;
 }
 
-async function writeFileSynced(file: string, data: Uint8Array | string): Promise<void> {
-  const handle = await open(file, 'wx');
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 function serializeOptimizer(state: AdamWState): Uint8Array {
   const tensors = new Map<string, HostTensor>();

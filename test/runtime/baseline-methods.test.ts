@@ -15,25 +15,12 @@ import { Engine } from '../../src/runtime/engine.js';
 import { generateBatch, scoreTokens } from '../../src/runtime/generate.js';
 import type { SlotModule } from '../../src/runtime/slot-table.js';
 import { initLoraTensors } from '../../src/tuning/lora.js';
-import { naiveLogprobs } from '../reference/naive-decoder.js';
 import { randomLoraModule, randomPrefixModule } from '../helpers/baseline-modules.js';
 import { randomModule, writeTinyCheckpoint, type TinyCheckpointOptions } from '../helpers/tiny-checkpoint.js';
+import { maxAbsDifference, referenceScores } from '../helpers/compare.js';
 
 const TOLERANCE = 1e-4;
 const GREEDY = { temperature: 0, topK: 0, topP: 1, seed: 0 };
-
-function maxAbsDifference(a: readonly number[], b: readonly number[]): number {
-  assert.equal(a.length, b.length, 'compared arrays differ in length');
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  return worst;
-}
-
-/** log p(ids[i+1] | ids[..i]) from the naive reference. */
-function referenceScores(config: ModelConfig, weights: ReadonlyMap<string, HostTensor>, ids: number[], module: SlotModule | null): number[] {
-  const rows = naiveLogprobs(config, weights, ids, module);
-  return ids.slice(1).map((next, i) => rows[i][next]);
-}
 
 function tokenSequence(length: number, vocab: number, seed: number): number[] {
   return Array.from({ length }, (_, i) => (seed * 29 + i * 13 + ((i * i) % 5)) % vocab);

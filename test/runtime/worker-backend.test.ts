@@ -13,6 +13,7 @@ import { writeModule } from '../../src/adapters/module-files.js';
 import { createInducerModule } from '../../src/adapters/module.js';
 import { QueueFullError, type BackendObserver, type CompletionJob, type JobEvent, type JobModule } from '../../src/runtime/backend.js';
 import { createWorkerBackend, type WorkerBackend } from '../../src/runtime/worker-backend.js';
+import { maxAbsDifference } from '../helpers/compare.js';
 
 const MODEL_DIR = path.resolve('..', 'shared', 'models', 'stories260k');
 const TOLERANCE = 1e-4;
@@ -68,13 +69,6 @@ function makeJob(fields: Partial<CompletionJob> & { promptIds: readonly number[]
     promptLogprobs: false,
     ...fields,
   };
-}
-
-function maxAbsDifference(a: readonly number[], b: readonly number[]): number {
-  assert.equal(a.length, b.length, 'compared arrays differ in length');
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  return worst;
 }
 
 function assertSameResult(got: JobResult, want: JobResult, label: string): void {

@@ -29,7 +29,7 @@ interface InitOptions {
 }
 
 export function registerAdapterCommands(program: Command): void {
-  const adapter = program.command('adapter').description('create and inspect tuning modules');
+  const adapter = program.command('adapter').description('create tuning modules');
   adapter
     .command('init')
     .description('write a freshly initialised tuning module (inducer, prefix or lora) for a model')

@@ -36,7 +36,7 @@ export function registerGenerateCommands(program: Command): void {
     .command('generate')
     .description('generate a continuation of a prompt and print it (without the prompt) to stdout')
     .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors weights, tokenizer)', pathOption('--model'))
-    .option('--adapter <dir>', 'inducer-tuning module folder to apply', pathOption('--adapter'))
+    .option('--adapter <dir>', 'module folder to apply (inducer, prefix or LoRA)', pathOption('--adapter'))
     .requiredOption('--prompt <text>', 'prompt text; "" starts from the BOS token alone')
     .option('--max-tokens <n>', 'maximum number of new tokens', integerOption('--max-tokens', 0), 64)
     .option('--temperature <t>', 'sampling temperature; 0 is greedy decoding', numberOption('--temperature', 0, 100), 1)
@@ -88,7 +88,7 @@ export function registerGenerateCommands(program: Command): void {
     .command('score')
     .description('print the log-probability of each token of a text given the tokens before it')
     .requiredOption('--model <dir>', 'Hugging Face model folder', pathOption('--model'))
-    .option('--adapter <dir>', 'inducer-tuning module folder to apply', pathOption('--adapter'))
+    .option('--adapter <dir>', 'module folder to apply (inducer, prefix or LoRA)', pathOption('--adapter'))
     .requiredOption('--text <text>', 'text to score')
     .option('--json', 'print {"tokens": [...], "logprobs": [...]} as one JSON object')
     .action(async (options: ScoreOptions) => {

@@ -39,7 +39,8 @@ ENV NODE_ENV=production \
     INDUCER_HOST=0.0.0.0 \
     INDUCER_PORT=8000 \
     INDUCER_MODELS_DIR=/app/models \
-    INDUCER_STORE=/app/adapters-store
+    INDUCER_STORE=/app/adapters-store \
+    INDUCER_CACHE_DIR=/tmp/inducer-cache
 WORKDIR /app
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules

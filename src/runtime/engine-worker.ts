@@ -134,8 +134,8 @@ function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** The batching loop of one loaded model. */
-class EngineLoop {
+/** The batching loop of one loaded model. Exported for tests; the worker entry below creates it. */
+export class EngineLoop {
   /** Every job that has not ended yet, by id: waiting, loading, ready or running. */
   private readonly jobs = new Map<string, WorkerJob>();
   private readonly scheduler: Scheduler<WorkerJob>;
@@ -148,6 +148,18 @@ class EngineLoop {
   private hasNews = false;
   /** Time (performance.now) after which running jobs are cancelled; null while not shutting down. */
   private shutdownDeadline: number | null = null;
+  /**
+   * The module of each version key that admitted jobs use, with the number of those jobs. A job
+   * whose lookup returns another copy of a version already in use (the cache dropped it and
+   * loaded it again) takes this one, so one version never needs two slots.
+   */
+  private readonly liveModules = new Map<string, { readonly module: SlotModule; users: number }>();
+  /**
+   * Modules to remove from the slot table before the next step. An eviction message can arrive
+   * while a forward call is in progress, and that call reads the slot buffers, so the table
+   * changes only between steps.
+   */
+  private readonly pendingSlotEvictions = new Set<SlotModule>();
 
   constructor(
     private readonly model: LoadedModel,
@@ -248,7 +260,9 @@ class EngineLoop {
   private evict(key: string): void {
     const module = this.moduleCache.evict(key);
     // Rows that still use the module keep their own reference, and the slot table loads it again for them.
-    if (module !== undefined) this.model.engine.slots.evict(slotModuleOf(module));
+    if (module !== undefined) this.pendingSlotEvictions.add(slotModuleOf(module));
+    const live = this.liveModules.get(key);
+    if (live !== undefined) this.pendingSlotEvictions.add(live.module);
   }
 
   private startShutdown(deadlineMs: number): void {
@@ -262,9 +276,19 @@ class EngineLoop {
 
   private end(entry: WorkerJob, event: JobEvent): void {
     if (!this.jobs.delete(entry.id)) return;
+    this.releaseModule(entry);
     if (entry.state === 'waiting') this.scheduler.cancel(entry.id);
     else this.scheduler.finish(entry.id);
     this.post({ type: 'event', event });
+  }
+
+  /** Drops the job's use of its module version. */
+  private releaseModule(entry: WorkerJob): void {
+    if (entry.slotModule === null || entry.moduleKey === null) return;
+    const live = this.liveModules.get(entry.moduleKey);
+    if (live === undefined || live.module !== entry.slotModule) return;
+    live.users -= 1;
+    if (live.users === 0) this.liveModules.delete(entry.moduleKey);
   }
 
   private endDone(entry: WorkerJob, finishReason: 'length' | 'eos' | 'cancelled'): void {
@@ -293,6 +317,7 @@ class EngineLoop {
   async run(): Promise<void> {
     for (;;) {
       this.hasNews = false;
+      this.applySlotEvictions();
       this.cancelPastDeadline();
       this.removeCancelledRows();
       if (this.shutdownDeadline !== null && this.jobs.size === 0) return;
@@ -342,7 +367,14 @@ class EngineLoop {
       (loaded) => {
         entry.load = null;
         if (!this.jobs.has(entry.id)) return;
-        entry.slotModule = slotModuleOf(loaded);
+        const live = this.liveModules.get(module.key);
+        if (live !== undefined) {
+          live.users += 1;
+          entry.slotModule = live.module;
+        } else {
+          entry.slotModule = slotModuleOf(loaded);
+          this.liveModules.set(module.key, { module: entry.slotModule, users: 1 });
+        }
         entry.state = 'ready';
         // No wake: a waiting loop waits for all loads in progress, so their jobs prefill together.
         this.hasNews = true;
@@ -376,8 +408,15 @@ class EngineLoop {
    * running rows so that preparing one step never pushes out a module the next step needs.
    */
   private slotsFor(modules: readonly (SlotModule | null)[], alongside: readonly (SlotModule | null)[]): number[] {
+    this.applySlotEvictions();
     const slots = this.model.engine.slots.slotsFor([...alongside, ...modules]);
     return slots.slice(alongside.length);
+  }
+
+  /** Removes evicted modules from the slot table; call only between forward calls, which read the table's buffers. */
+  private applySlotEvictions(): void {
+    for (const module of this.pendingSlotEvictions) this.model.engine.slots.evict(module);
+    this.pendingSlotEvictions.clear();
   }
 
   private runningModules(): (SlotModule | null)[] {

@@ -271,6 +271,9 @@ function validateOptions(options: TrainOptions, explicit: ReadonlySet<string>): 
   if (options.epochs !== undefined && options.maxSteps !== undefined) {
     throw new TrainCommandError('--epochs and --max-steps cannot be used together; give one of them');
   }
+  if (options.earlyStopping !== undefined && options.eval === undefined) {
+    throw new TrainCommandError('--early-stopping needs --eval: early stopping compares eval losses; pass an eval file or leave --early-stopping out');
+  }
   if (options.loraQAlpha !== undefined && options.loraQRank === undefined) {
     throw new TrainCommandError('--lora-q-alpha needs --lora-q-rank');
   }
@@ -473,6 +476,13 @@ export async function runTrainCommand(options: TrainOptions, context: TrainConte
   const stepsPerEpoch = batchesPerEpoch(train.examples.length, options.batchSize);
   const totalSteps = options.maxSteps ?? stepsPerEpoch * (options.epochs ?? DEFAULT_EPOCHS);
   const warmupSteps = options.warmupSteps ?? Math.min(PAPER_WARMUP_STEPS, Math.floor(MAX_DEFAULT_WARMUP_FRACTION * totalSteps));
+  if (warmupSteps >= totalSteps) {
+    // Warm-up ramps the rate from 0, so a run no longer than its warm-up never reaches --lr.
+    throw new TrainCommandError(
+      `--warmup-steps ${warmupSteps} is not below the run's ${totalSteps} optimizer steps, so the learning rate would never reach --lr ${options.lr}; ` +
+        `pass --warmup-steps below ${totalSteps} (0 for none) or train for more steps`,
+    );
+  }
   const settings: LoopSettings = {
     batchSize: options.batchSize,
     shuffle: options.shuffle,

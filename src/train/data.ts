@@ -303,7 +303,8 @@ export function planEpoch(lengths: readonly number[], epoch: number, settings: E
     const bucketSize = batchSize * BUCKET_SIZE_IN_BATCHES;
     for (let start = 0; start < order.length; start += bucketSize) {
       const bucket = order.slice(start, start + bucketSize).sort((a, b) => lengths[b] - lengths[a] || a - b);
-      order.splice(start, bucket.length, ...bucket);
+      // A loop, not splice(...bucket): spreading a bucket of 50 large batches overflows the call stack.
+      for (let i = 0; i < bucket.length; i++) order[start + i] = bucket[i];
     }
   }
   const batches: number[][] = [];

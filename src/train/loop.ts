@@ -271,7 +271,13 @@ export async function runTrainingLoop(inputs: LoopInputs): Promise<LoopResult> {
 
   if (evalExamples !== null && state.evalCurve.length === 0) await evaluate();
   const patience = settings.earlyStoppingPatience;
-  let stoppedEarly = evalExamples !== null && patience !== null && state.evalCurve.length > 1 && state.evalsWithoutImprovement >= patience;
+  // A checkpoint of the last step has not stopped early even when patience ran out there, as in the loop below.
+  let stoppedEarly =
+    evalExamples !== null &&
+    patience !== null &&
+    state.evalCurve.length > 1 &&
+    state.evalsWithoutImprovement >= patience &&
+    state.step < settings.totalSteps;
 
   while (state.step < settings.totalSteps && !stoppedEarly) {
     // Yield to the event loop once per step, so that a SIGINT handler can run even when the

@@ -1,8 +1,10 @@
 /**
  * AdamW (Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019) on float32
- * host tensors, and global gradient-norm clipping. The update is the one of PyTorch's
- * `torch.optim.AdamW`: decoupled decay, then the Adam step with bias correction and ε added to
- * the bias-corrected √v̂.
+ * host tensors, and global gradient-norm clipping. The update is the one of the Hugging Face
+ * `transformers.AdamW` with `correct_bias=True`, which the official inducer-tuning code trains
+ * with: ε is added to the uncorrected √v, the bias corrections scale the step, and the decoupled
+ * decay is applied after the Adam step. (PyTorch's `torch.optim.AdamW` adds ε to the corrected
+ * √v̂ instead, which makes early steps with small gradients larger.)
  * @module
  */
 import { floatTensor, formatShape, type HostTensor } from '../model/tensor.js';
@@ -13,7 +15,7 @@ export interface AdamWSettings {
   readonly beta1: number;
   /** Decay rate of the second-moment average (default 0.999). */
   readonly beta2: number;
-  /** Added to √v̂ in the denominator (the inducer-tuning code uses 1e-6). */
+  /** Added to √v in the denominator (the inducer-tuning code uses 1e-6). */
   readonly epsilon: number;
   /** Decoupled weight decay λ: each step multiplies a parameter by 1 − lr·λ (0 for none). */
   readonly weightDecay: number;
@@ -75,8 +77,8 @@ export class AdamW {
   /**
    * Applies one update with learning rate `learningRate` to every parameter in `params` (changed
    * in place) from `gradients`. Per element, with t the new step count:
-   * p ← p − lr·λ·p; m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
-   * p ← p − lr · (m / (1−β1^t)) / (√(v / (1−β2^t)) + ε).
+   * m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
+   * p ← p − lr · (√(1−β2^t) / (1−β1^t)) · m / (√v + ε); then p ← p − lr·λ·p.
    * Throws {@link OptimizerError} when a parameter or gradient is missing, has the wrong size, or
    * a gradient value is not finite; nothing is updated then.
    */
@@ -84,8 +86,7 @@ export class AdamW {
     this.checkGradients(params, gradients);
     const { beta1, beta2, epsilon, weightDecay } = this.settings;
     const t = this.stepCount + 1;
-    const biasCorrection1 = 1 - beta1 ** t;
-    const biasCorrection2 = 1 - beta2 ** t;
+    const stepSize = (learningRate * Math.sqrt(1 - beta2 ** t)) / (1 - beta1 ** t);
     const decayFactor = 1 - learningRate * weightDecay;
 
     for (const [name, m] of this.firstMoments) {
@@ -98,8 +99,7 @@ export class AdamW {
         const vi = beta2 * v[i] + (1 - beta2) * gi * gi;
         m[i] = mi;
         v[i] = vi;
-        const update = mi / biasCorrection1 / (Math.sqrt(vi / biasCorrection2) + epsilon);
-        p[i] = p[i] * decayFactor - learningRate * update;
+        p[i] = (p[i] - (stepSize * mi) / (Math.sqrt(vi) + epsilon)) * decayFactor;
       }
     }
     this.stepCount = t;

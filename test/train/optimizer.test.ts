@@ -9,7 +9,10 @@ function params(values: number[]): Map<string, HostTensor> {
   return new Map([['w', floatTensor([values.length], Float32Array.from(values))]]);
 }
 
-/** Float64 AdamW written out step by step, independent of the implementation under test. */
+/**
+ * Float64 AdamW in the form of Hugging Face's `transformers.AdamW` (correct_bias=True), written
+ * out step by step, independent of the implementation under test.
+ */
 function referenceAdamW(p0: number[], grads: number[][], lrs: number[], weightDecay: number): number[] {
   const p = [...p0];
   const m = p.map(() => 0);
@@ -17,12 +20,11 @@ function referenceAdamW(p0: number[], grads: number[][], lrs: number[], weightDe
   grads.forEach((g, k) => {
     const t = k + 1;
     for (let i = 0; i < p.length; i++) {
-      p[i] -= lrs[k] * weightDecay * p[i];
       m[i] = 0.9 * m[i] + 0.1 * g[i];
       v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
-      const mHat = m[i] / (1 - 0.9 ** t);
-      const vHat = v[i] / (1 - 0.999 ** t);
-      p[i] -= (lrs[k] * mHat) / (Math.sqrt(vHat) + 1e-6);
+      const stepSize = (lrs[k] * Math.sqrt(1 - 0.999 ** t)) / (1 - 0.9 ** t);
+      p[i] -= (stepSize * m[i]) / (Math.sqrt(v[i]) + 1e-6);
+      p[i] -= lrs[k] * weightDecay * p[i];
     }
   });
   return p;
@@ -30,13 +32,15 @@ function referenceAdamW(p0: number[], grads: number[][], lrs: number[], weightDe
 
 describe('AdamW', () => {
   it('moves each value by about lr on the first step', () => {
-    // With bias correction, m̂ = g and v̂ = g², so the step is lr · g / (|g| + ε).
+    // At t = 1, m = 0.1 g and √v = √0.001 |g|, so the step is lr · g / (|g| + ε / √0.001):
+    // Hugging Face's AdamW adds ε before the bias correction, which scales it by 1/√(1−β2).
     const p = params([1, -2, 0.5]);
     const optimizer = new AdamW(new Map([['w', [3]]]), settings);
     optimizer.step(p, new Map([['w', Float32Array.from([0.3, -4, 1e-3])]]), 0.01);
-    assert.ok(Math.abs(p.get('w')!.data[0] - (1 - 0.01 * (0.3 / (0.3 + 1e-6)))) < 1e-7);
-    assert.ok(Math.abs(p.get('w')!.data[1] - (-2 + 0.01 * (4 / (4 + 1e-6)))) < 1e-7);
-    assert.ok(Math.abs(p.get('w')!.data[2] - (0.5 - 0.01 * (1e-3 / (1e-3 + 1e-6)))) < 1e-7);
+    const epsilonAtStep1 = 1e-6 / Math.sqrt(0.001);
+    assert.ok(Math.abs(p.get('w')!.data[0] - (1 - 0.01 * (0.3 / (0.3 + epsilonAtStep1)))) < 1e-7);
+    assert.ok(Math.abs(p.get('w')!.data[1] - (-2 + 0.01 * (4 / (4 + epsilonAtStep1)))) < 1e-7);
+    assert.ok(Math.abs(p.get('w')!.data[2] - (0.5 - 0.01 * (1e-3 / (1e-3 + epsilonAtStep1)))) < 1e-7);
     assert.equal(optimizer.updateCount, 1);
   });
 

@@ -99,7 +99,13 @@ export async function runServer(config: ServerConfig): Promise<void> {
       ...(config.slotCapacity === undefined ? {} : { slotCapacity: config.slotCapacity }),
       ...(config.intraOpThreads === undefined ? {} : { intraOpThreads: config.intraOpThreads }),
     },
-    metrics.observer,
+    {
+      ...metrics.observer,
+      onEngineStatus(event) {
+        const level = event.kind === 'restarted' ? 'info' : 'error';
+        logger[level]({ kind: event.kind, attempt: event.attempt }, `engine worker ${event.kind}: ${event.message}`);
+      },
+    },
   );
   const model = backend.model;
   metrics.modelLoadSeconds.set(model.loadSeconds);

@@ -68,6 +68,8 @@ export interface ErrorEvent {
   readonly status: number;
   readonly code: string;
   readonly message: string;
+  /** Suggested seconds before retrying, when the failure is temporary (the engine is restarting); a server can send it as `Retry-After`. */
+  readonly retryAfterSeconds?: number;
 }
 
 export type JobEvent = TokenEvent | PromptLogprobsEvent | DoneEvent | ErrorEvent;
@@ -115,6 +117,18 @@ export interface BackendObserver {
   onQueueDepth?(numWaiting: number): void;
   /** A module looked up in the cache: hit, or a miss followed by a load of `sizeBytes` taking `seconds`. */
   onModuleCache?(event: { kind: 'hit' } | { kind: 'miss'; sizeBytes: number; seconds: number } | { kind: 'eviction'; sizeBytes: number }): void;
-  /** The model finished loading. */
+  /** The model finished loading: at start and again after each restart of the engine. */
   onModelLoaded?(seconds: number, numParameters: number): void;
+  /** The engine crashed, is being restarted, is back, or will not be restarted again; for logs. */
+  onEngineStatus?(event: EngineStatusEvent): void;
+}
+
+/**
+ * A change of the engine's availability. `attempt` counts restarts since the engine last ran
+ * stably (1 for the first restart after a crash); `message` is a log line with the reason.
+ */
+export interface EngineStatusEvent {
+  readonly kind: 'crashed' | 'restarting' | 'restarted' | 'gave_up';
+  readonly attempt: number;
+  readonly message: string;
 }

@@ -13,13 +13,13 @@ import { ModuleCache, type ModuleCacheEvent } from '../adapters/module-cache.js'
 import type { ModelConfig } from '../model/config.js';
 import type { BaseModelFingerprint } from '../model/fingerprint.js';
 import { QueueFullError, type CompletionJob, type JobEvent } from './backend.js';
-import { BatchState, planPrefill, type BatchRow } from './batch-state.js';
-import type { KvCache } from './engine.js';
+import { BatchState, planPrefill, type BatchRow, type PrefillPlan } from './batch-state.js';
+import type { ForwardOutput, KvCache } from './engine.js';
 import { selectCacheRows } from './kv-cache.js';
 import { loadModel, loadModuleFor, slotModuleOf, type LoadedModel } from './loaded-model.js';
 import { logSoftmax, Sampler, topLogprobs } from './sampler.js';
 import { Scheduler, type SchedulableJob } from './scheduler.js';
-import type { SlotModule } from './slot-table.js';
+import { SlotCapacityError, type SlotModule } from './slot-table.js';
 
 /** Settings the main thread passes as `workerData`. */
 export interface EngineWorkerSettings {
@@ -91,6 +91,14 @@ class InvalidJobError extends Error {
     readonly code: string,
   ) {
     super(message);
+  }
+}
+
+/** The module slot table failed in a way that may leave it inconsistent, so the worker must stop. */
+class SlotTableBrokenError extends Error {
+  override readonly name = 'SlotTableBrokenError';
+  constructor(cause: unknown) {
+    super(`the module slot table failed and may now be inconsistent, so the engine worker stops: ${errorMessage(cause)}`, { cause });
   }
 }
 
@@ -427,23 +435,63 @@ export class EngineLoop {
 
   // #region steps
 
+  /**
+   * Ends those of `entries` that have not ended yet with a 500 `engine_error` that names all of
+   * them, so one failed step costs only its own jobs and the loop goes on.
+   */
+  private failJobs(entries: readonly WorkerJob[], stepName: string, error: unknown): void {
+    const failed = entries.filter((entry) => this.jobs.has(entry.id));
+    if (failed.length === 0) return;
+    const message = `job${failed.length === 1 ? '' : 's'} ${failed.map((entry) => entry.id).join(', ')} failed in ${stepName}: ${errorMessage(error)}`;
+    for (const entry of failed) this.endError(entry, 500, 'engine_error', message);
+  }
+
+  /** Ends every running row with an `engine_error` and empties the batch, whose rows and cache no longer match. */
+  private resetBatch(stepName: string, error: unknown): void {
+    this.failJobs(
+      this.batch.rows.flatMap((row) => this.jobs.get(row.jobId) ?? []),
+      stepName,
+      error,
+    );
+    this.batch.keepRows(new Set());
+  }
+
+  /**
+   * Assigns slots for one step. A {@link SlotCapacityError} fails only this step: the modules of
+   * the call are evicted so that the next step writes them again, in case the error came from a
+   * half-written slot. Any other error (such as a failed buffer allocation while the table grows)
+   * leaves the table in a state this loop cannot check, so it becomes a {@link SlotTableBrokenError},
+   * which ends the worker; the main thread then starts a new one.
+   */
+  private trySlotsFor(modules: readonly (SlotModule | null)[], alongside: readonly (SlotModule | null)[]): number[] {
+    try {
+      return this.slotsFor(modules, alongside);
+    } catch (error) {
+      if (!(error instanceof SlotCapacityError)) throw new SlotTableBrokenError(error);
+      for (const module of [...alongside, ...modules]) if (module !== null) this.model.engine.slots.evict(module);
+      throw error;
+    }
+  }
+
   /** Prefills `entries` in one forward call, emits their first events and merges the continuing rows into the batch. */
   private async prefill(entries: readonly WorkerJob[]): Promise<void> {
-    const slotIds = this.slotsFor(
-      entries.map((entry) => entry.slotModule),
-      this.runningModules(),
-    );
-    const plan = planPrefill(
-      entries.map((entry, r) => ({ promptIds: entry.job.promptIds, slotId: slotIds[r], allLogits: entry.job.promptLogprobs })),
-    );
-    for (const entry of entries) entry.state = 'running';
-
-    let output;
+    let plan: PrefillPlan;
+    let output: ForwardOutput;
     const started = performance.now();
     try {
+      const slotIds = this.trySlotsFor(
+        entries.map((entry) => entry.slotModule),
+        this.runningModules(),
+      );
+      plan = planPrefill(
+        entries.map((entry, r) => ({ promptIds: entry.job.promptIds, slotId: slotIds[r], allLogits: entry.job.promptLogprobs })),
+      );
+      for (const entry of entries) entry.state = 'running';
       output = await this.model.engine.forward(plan.input);
     } catch (error) {
-      for (const entry of entries) this.endError(entry, 500, 'engine_error', `prefill of job ${entry.id} failed: ${errorMessage(error)}`);
+      if (error instanceof SlotTableBrokenError) throw error;
+      // Nothing above changes the batch, so the running rows go on.
+      this.failJobs(entries, 'prefill', error);
       return;
     }
     this.post({ type: 'step', kind: 'prefill', numRows: entries.length, seconds: (performance.now() - started) / 1000 });
@@ -466,35 +514,49 @@ export class EngineLoop {
     });
     if (continuing.length === 0) return;
 
-    const present: KvCache = continuing.length === entries.length ? output.present : selectCacheRows(output.present, continuing);
+    const continuingEntries = continuing.map((r) => entries[r]);
+    let present: KvCache;
+    try {
+      present = continuing.length === entries.length ? output.present : selectCacheRows(output.present, continuing);
+    } catch (error) {
+      this.failJobs(continuingEntries, 'prefill', error);
+      return;
+    }
     const rows: BatchRow[] = continuing.map((r) => ({
       jobId: entries[r].id,
       mask: plan.masks[r],
       nextPosition: entries[r].job.promptIds.length,
     }));
-    this.batch.merge(rows, present);
+    try {
+      this.batch.merge(rows, present);
+    } catch (error) {
+      // A merge that fails part way may already have padded the masks of the running rows, so
+      // neither the old batch nor the merged one can be trusted.
+      this.failJobs(continuingEntries, 'the merge of new rows into the running batch', error);
+      this.resetBatch('the merge of new rows into the running batch', error);
+    }
   }
 
   /** Runs one decode step for every row of the batch and removes the rows that finished. */
   private async decode(): Promise<void> {
     const entries = this.batch.rows.map((row) => this.jobs.get(row.jobId) as WorkerJob);
-    const slotIds = this.slotsFor(this.runningModules(), []);
-    const input = this.batch.decodeInput(
-      entries.map((entry) => entry.pendingTokenId),
-      slotIds,
-    );
-
-    let output;
+    let output: ForwardOutput;
     const started = performance.now();
     try {
+      const slotIds = this.trySlotsFor(this.runningModules(), []);
+      const input = this.batch.decodeInput(
+        entries.map((entry) => entry.pendingTokenId),
+        slotIds,
+      );
       output = await this.model.engine.forward(input);
+      this.post({ type: 'step', kind: 'decode', numRows: entries.length, seconds: (performance.now() - started) / 1000 });
+      this.batch.appendStep(output.present);
     } catch (error) {
-      for (const entry of entries) this.endError(entry, 500, 'engine_error', `decode step of job ${entry.id} failed: ${errorMessage(error)}`);
-      this.batch.keepRows(new Set());
+      if (error instanceof SlotTableBrokenError) throw error;
+      // Every row takes part in a decode step, so the whole batch fails.
+      this.resetBatch('a decode step', error);
       return;
     }
-    this.post({ type: 'step', kind: 'decode', numRows: entries.length, seconds: (performance.now() - started) / 1000 });
-    this.batch.appendStep(output.present);
 
     const { logits, vocabSize } = output;
     const continuing = new Set<string>();
@@ -505,7 +567,11 @@ export class EngineLoop {
         this.endError(entry, 500, 'sampling_failed', `job ${entry.id}: ${errorMessage(error)}`);
       }
     });
-    this.batch.keepRows(continuing);
+    try {
+      this.batch.keepRows(continuing);
+    } catch (error) {
+      this.resetBatch('a decode step', error);
+    }
   }
 
   /** Emits log p(prompt[i+1] | prompt[..i]) for every prompt position; `logitsAt(i)` is the logits row after prompt token i. */

@@ -242,6 +242,19 @@ describe('completions with the fake backend', () => {
     assert.equal(healthy.status, 200);
   });
 
+  test('engine restart hint becomes Retry-After', async () => {
+    backend.failure = { status: 503, code: 'engine_unavailable', message: 'the engine is restarting; retry in about 3 s', retryAfterSeconds: 2.4 };
+    try {
+      const response = await post(server, { model: 'stories260k', prompt: 'a', max_tokens: 1 });
+      assert.equal(response.status, 503);
+      assert.equal(response.headers.get('retry-after'), '3');
+      const body = (await response.json()) as ErrorJson;
+      assert.equal(body.error.code, 'engine_unavailable');
+    } finally {
+      backend.failure = null;
+    }
+  });
+
   test('draining server rejects completions', async () => {
     server.lifecycle.draining = true;
     try {

@@ -97,7 +97,7 @@ export class FakeBackend implements InferenceBackend {
   holding = false;
   ready = true;
   /** When set, every job fails with this error event instead of generating. */
-  failure: { status: number; code: string; message: string } | null = null;
+  failure: { status: number; code: string; message: string; retryAfterSeconds?: number } | null = null;
   shutdownDeadlineMs: number | null = null;
   private readonly observer: BackendObserver;
   private readonly seenModules = new Set<string>();

@@ -423,7 +423,10 @@ async function runCompletion(
         onDone(choice, event);
         return;
       case 'error':
-        failure ??= new HttpError(event.status, event.message, { code: event.code });
+        failure ??= new HttpError(event.status, event.message, {
+          code: event.code,
+          ...(event.retryAfterSeconds === undefined ? {} : { headers: { 'Retry-After': String(Math.ceil(event.retryAfterSeconds)) } }),
+        });
         // A 4xx is the client's mistake, not a server fault, so it is logged as a warning.
         log[event.status >= 500 ? 'error' : 'warn']({ jobId: event.jobId, status: event.status, code: event.code, err: event.message }, 'completion job failed');
         finishChoice(choice);
